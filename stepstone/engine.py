@@ -1,0 +1,173 @@
+"""`Engine`: opens the store, migrates it, serves workflows with an in-process worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+from typing import Any
+
+from stepstone import clock
+from stepstone import store as stores
+from stepstone.errors import InvalidInputError, StepstoneError, WorkflowNotFoundError
+from stepstone.instances import WorkflowHandle
+from stepstone.serialization import Limits
+from stepstone.store.base import Store
+from stepstone.worker import Worker
+from stepstone.workflow import Workflow, check_class, name_of
+
+DEFAULT_URL = "sqlite:///stepstone.db"
+
+
+def resolve_url(url: str | None) -> str:
+    """The given URL, else $STEPSTONE_DATABASE_URL, else stepstone.db in the working directory."""
+    if url is None:
+        url = os.environ.get("STEPSTONE_DATABASE_URL") or DEFAULT_URL
+    if not isinstance(url, str):
+        raise InvalidInputError(f"invalid database URL {url!r}: expected a string")
+    return url
+
+
+class Engine:
+    """The entry point: `async with Engine(url, workflows=[...]) as engine: ...`.
+
+    `worker=False` gives a client that only creates and manages instances, while
+    separate `stepstone worker` processes run them.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        workflows: Iterable[type[Workflow]] = (),
+        worker: bool = True,
+        concurrency: int = 100,
+        limits: Limits | None = None,
+        lease_seconds: float = 30.0,
+        **store_options: Any,
+    ) -> None:
+        self.url = resolve_url(url)
+        self.workflows: dict[str, type[Workflow]] = {}
+        for cls in workflows:
+            cls = check_class(cls)
+            if cls.name in self.workflows and self.workflows[cls.name] is not cls:
+                raise InvalidInputError(f"two workflows are named {cls.name!r}")
+            self.workflows[cls.name] = cls
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise InvalidInputError(f"invalid concurrency {concurrency!r}: expected an integer >= 1")
+        if not isinstance(lease_seconds, int | float) or lease_seconds <= 0:
+            raise InvalidInputError(f"invalid lease_seconds {lease_seconds!r}: expected a positive number")
+        if limits is not None and not isinstance(limits, Limits):
+            raise InvalidInputError(f"invalid limits {limits!r}: expected stepstone.Limits")
+        self.run_worker = worker
+        self.concurrency = concurrency
+        self.limits = limits or Limits()
+        self.lease_seconds = float(lease_seconds)
+        self._store_options = store_options
+        self._store: Store | None = None
+        self._worker: Worker | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._known: set[str] = set()
+        self._changed = asyncio.Event()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Open (and migrate) the store, record the workflows served, start the worker."""
+        if self._store is not None:
+            raise StepstoneError("the engine is already started")
+        store = stores.from_url(self.url, **self._store_options)
+        await store.open()
+        self._store = store
+        try:
+            if self.workflows:
+                await store.register_workflows(sorted(self.workflows), clock.now())
+            self._known = set(await store.workflow_names())
+            self._changed = asyncio.Event()
+            if self.run_worker and self.workflows:
+                self._executor = ThreadPoolExecutor(
+                    max_workers=max(32, self.concurrency), thread_name_prefix="stepstone-step"
+                )
+                self._worker = Worker(
+                    store,
+                    self.workflows,
+                    concurrency=self.concurrency,
+                    lease_seconds=self.lease_seconds,
+                    limits=self.limits,
+                    executor=self._executor,
+                    on_change=self._notify_change,
+                )
+                await self._worker.start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Stop the worker (handing running instances back) and close the store."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            await worker.stop()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        store, self._store = self._store, None
+        if store is not None:
+            await store.close()
+
+    async def serve_forever(self) -> None:
+        """Run until cancelled (what `stepstone worker` does)."""
+        if self._store is None:
+            await self.start()
+        await asyncio.Event().wait()
+
+    # -- workflows --------------------------------------------------------------------------
+
+    def workflow(self, workflow: str | type[Workflow]) -> WorkflowHandle:
+        """A handle on a workflow, by name or class; WorkflowNotFoundError if unknown."""
+        name = name_of(workflow)
+        if name not in self.workflows and name not in self._known:
+            known = sorted(set(self.workflows) | self._known)
+            raise WorkflowNotFoundError(
+                f"unknown workflow {name!r}; known workflows: {', '.join(known) if known else 'none'}"
+            )
+        return WorkflowHandle(self, name)
+
+    # -- for handles and the worker ---------------------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise StepstoneError("the engine is not started: use `async with engine:` or `await engine.start()`")
+        return self._store
+
+    def wake(self) -> None:
+        if self._worker is not None:
+            self._worker.wake()
+
+    def poke(self, pk: int) -> None:
+        if self._worker is not None:
+            self._worker.poke(pk)
+
+    def revoke(self, pk: int) -> None:
+        if self._worker is not None:
+            self._worker.revoke(pk)
+            self._worker.wake()
+
+    def changes(self) -> asyncio.Event:
+        """An event set at the next change this process makes to any instance's end state."""
+        return self._changed
+
+    def _notify_change(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()

@@ -1,0 +1,118 @@
+"""Every exception stepstone raises, in one tree.
+
+    StepstoneError
+    ├── InvalidInputError (ValueError)     bad id, duration, option, non-JSON value
+    │   └── LimitExceededError             a value over a configured limit
+    ├── WorkflowNotFoundError (LookupError)
+    ├── InstanceNotFoundError (LookupError)
+    ├── InstanceExistsError
+    ├── InvalidStateError                  operation not allowed in the instance's state
+    ├── NonRetryableError                  raised by user code: stop retrying this step
+    ├── StepTimeoutError (TimeoutError)    one attempt ran over its timeout
+    ├── StepFailed                         a step failed for good (raised by step.do)
+    │   └── WaitTimeout                    wait_for_event ran out of time
+    └── LeaseLostError                     (internal) another worker owns the instance now
+
+`Suspend` is not here on purpose: the signal that stops a run so that it can be
+resumed later is internal and derives from BaseException (see replay.py), so a
+user's `except Exception` can never swallow it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class StepstoneError(Exception):
+    """Base class of every stepstone exception."""
+
+
+class InvalidInputError(StepstoneError, ValueError):
+    """A value given to stepstone is malformed; the message names it and what was expected."""
+
+
+class LimitExceededError(InvalidInputError):
+    """A value breaks one of the engine's `Limits`."""
+
+    def __init__(self, message: str, *, limit: str, value: Any) -> None:
+        super().__init__(message)
+        self.limit = limit
+        """The name of the limit, e.g. `"max_value_bytes"`."""
+        self.value = value
+        """The offending figure (a size, a length or a count)."""
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_limit_error, (str(self), self.limit, self.value))
+
+
+def _rebuild_limit_error(message: str, limit: str, value: Any) -> LimitExceededError:
+    return LimitExceededError(message, limit=limit, value=value)
+
+
+class WorkflowNotFoundError(StepstoneError, LookupError):
+    """No workflow of that name is registered with this engine or recorded in the store."""
+
+
+class InstanceNotFoundError(StepstoneError, LookupError):
+    """No instance with that id exists in that workflow."""
+
+
+class InstanceExistsError(StepstoneError):
+    """An instance with that id already exists in that workflow."""
+
+
+class InvalidStateError(StepstoneError):
+    """The operation is not allowed in the instance's current status."""
+
+
+class NonRetryableError(StepstoneError):
+    """Raise it (or a subclass) from a step function to fail the step without retrying."""
+
+
+class StepTimeoutError(StepstoneError, TimeoutError):
+    """One attempt of a step ran over its timeout."""
+
+
+class StepFailed(StepstoneError):
+    """A step failed for good: its retries are spent or its error was not retryable.
+
+    `error_type` is the original exception's `module.QualifiedName` (`builtins.`
+    dropped), `message` its text. Raised again, from the record, on every replay.
+    """
+
+    def __init__(self, step: str, error_type: str, message: str) -> None:
+        super().__init__(f"step {step!r} failed: {error_type}: {message}")
+        self.step = step
+        """The name of the step that failed."""
+        self.error_type = error_type
+        """`module.QualifiedName` of the original exception, e.g. `"ValueError"`."""
+        self.message = message
+        """The original exception's text."""
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.step, self.error_type, self.message))
+
+
+class WaitTimeout(StepFailed):
+    """`step.wait_for_event` timed out before a matching event arrived."""
+
+    def __init__(self, step: str, error_type: str = "stepstone.WaitTimeout", message: str = "") -> None:
+        super().__init__(step, error_type, message or f"no event arrived for step {step!r}")
+
+
+class LeaseLostError(StepstoneError):
+    """The worker no longer owns the instance (taken over, terminated, restarted or deleted)."""
+
+
+def error_type_name(exc: BaseException) -> str:
+    """`module.QualifiedName` of an exception's class, `builtins.` dropped.
+
+    stepstone's own exceptions are named by their public path (`stepstone.X`).
+    """
+    cls = type(exc)
+    module = cls.__module__
+    if module == "builtins":
+        return cls.__qualname__
+    if module.startswith("stepstone.") and module.count(".") == 1:
+        return f"stepstone.{cls.__qualname__}"
+    return f"{module}.{cls.__qualname__}"

@@ -1,0 +1,291 @@
+"""Handles on workflows and their instances: create, inspect and steer (SPEC §3)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from stepstone import clock, durations, serialization
+from stepstone.durations import to_datetime
+from stepstone.errors import InvalidInputError
+from stepstone.serialization import JSON, check_id
+from stepstone.store.base import STATUSES, STEP_KINDS, InstanceRecord, Status, StepKey, StepRecord, is_terminal
+
+if TYPE_CHECKING:
+    from stepstone.engine import Engine
+
+_MAX_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class InstanceStatus:
+    """An instance's status, and its output (complete) or error (errored)."""
+
+    status: Status
+    output: JSON = None
+    error: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class AttemptDetail:
+    attempt: int
+    started: datetime
+    ended: datetime
+    outcome: str
+    """ok, error or timeout."""
+    error: dict[str, str] | None
+
+
+@dataclass(frozen=True)
+class StepDetail:
+    """One step of an instance's history."""
+
+    kind: str
+    name: str
+    count: int
+    status: str
+    """complete, failed, or waiting (a sleep, an event wait, a wait before a retry)."""
+    started: datetime
+    ended: datetime | None
+    due: datetime | None
+    """When a sleep ends, an event wait times out, or the next retry is due."""
+    result: JSON
+    error: dict[str, str] | None
+    attempts: list[AttemptDetail]
+
+
+@dataclass(frozen=True)
+class InstanceDetail:
+    """Everything known of an instance: its status, params, result and step history."""
+
+    id: str
+    workflow: str
+    status: Status
+    params: JSON
+    output: JSON
+    error: dict[str, str] | None
+    created: datetime
+    updated: datetime
+    started: datetime | None
+    ended: datetime | None
+    wake: datetime | None
+    steps: list[StepDetail]
+
+
+class InstanceList(list["Instance"]):
+    """A page of instances, newest first; pass `next_cursor` to `list()` for the next page."""
+
+    def __init__(self, items: Iterable[Instance], next_cursor: str | None) -> None:
+        super().__init__(items)
+        self.next_cursor = next_cursor
+
+
+def _error(text: str | None) -> dict[str, str] | None:
+    return None if text is None else dict(json.loads(text))
+
+
+def _status(record: InstanceRecord) -> InstanceStatus:
+    return InstanceStatus(record.status, serialization.loads(record.output_json), _error(record.error_json))
+
+
+def _maybe_time(epoch: float | None) -> datetime | None:
+    return None if epoch is None else to_datetime(epoch)
+
+
+def _step_detail(step: StepRecord) -> StepDetail:
+    error = None if step.error_type is None else {"name": step.error_type, "message": step.error_message or ""}
+    return StepDetail(
+        kind=step.key.kind,
+        name=step.key.name,
+        count=step.key.count,
+        status=step.status,
+        started=to_datetime(step.started_at),
+        ended=_maybe_time(step.ended_at),
+        due=_maybe_time(step.due_at),
+        result=serialization.loads(step.result_json),
+        error=error if step.status != "complete" else None,
+        attempts=[
+            AttemptDetail(
+                a.attempt,
+                to_datetime(a.started_at),
+                to_datetime(a.ended_at),
+                a.outcome,
+                None if a.error_type is None else {"name": a.error_type, "message": a.error_message or ""},
+            )
+            for a in step.attempt_log
+        ],
+    )
+
+
+class Instance:
+    """A handle on one workflow instance."""
+
+    def __init__(self, engine: Engine, record: InstanceRecord) -> None:
+        self._engine = engine
+        self._pk = record.pk
+        self.id: str = record.id
+        self.workflow: str = record.workflow
+
+    def __repr__(self) -> str:
+        return f"<Instance {self.workflow}/{self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Instance) and (self.workflow, self.id) == (other.workflow, other.id)
+
+    def __hash__(self) -> int:
+        return hash((self.workflow, self.id))
+
+    async def _record(self) -> InstanceRecord:
+        return await self._engine.store.get_instance(self.workflow, self.id)
+
+    async def status(self) -> InstanceStatus:
+        """The current status, with the output or error once it has ended."""
+        return _status(await self._record())
+
+    async def describe(self) -> InstanceDetail:
+        """Status, params, output or error, and the full step history with every attempt."""
+        record = await self._record()
+        steps = await self._engine.store.history(record.pk)
+        return InstanceDetail(
+            id=record.id,
+            workflow=record.workflow,
+            status=record.status,
+            params=serialization.loads(record.params_json),
+            output=serialization.loads(record.output_json),
+            error=_error(record.error_json),
+            created=to_datetime(record.created_at),
+            updated=to_datetime(record.updated_at),
+            started=_maybe_time(record.started_at),
+            ended=_maybe_time(record.ended_at),
+            wake=_maybe_time(record.wake_at),
+            steps=[_step_detail(step) for step in steps],
+        )
+
+    async def send_event(self, type: str, payload: JSON = None) -> None:
+        """Send an event; the first wait for its `type` takes it (now or later)."""
+        check_id(type, what="event type")
+        payload_json = serialization.dumps_input(payload, self._engine.limits, what=f"payload of event {type!r}")
+        await self._engine.store.send_event(self.workflow, self.id, type, payload_json, clock.now())
+        self._engine.poke(self._pk)
+
+    async def pause(self) -> None:
+        """Stop before the next step (a running step finishes first: `waitingForPause`)."""
+        await self._engine.store.control(self.workflow, self.id, "pause", clock.now())
+
+    async def resume(self) -> None:
+        """Continue a paused instance (or cancel a pending pause)."""
+        await self._engine.store.control(self.workflow, self.id, "resume", clock.now())
+        self._engine.wake()
+
+    async def terminate(self) -> None:
+        """End the instance for good."""
+        await self._engine.store.control(self.workflow, self.id, "terminate", clock.now())
+        self._engine.revoke(self._pk)
+
+    async def restart(self, from_step: str | None = None, count: int = 1, type: str = "do") -> None:
+        """Run again from the start with the same params, discarding the step history.
+
+        With `from_step`, keep what was recorded before that step (its `count`-th
+        occurrence, of kind `type`: do, sleep or wait_for_event) and run again from it.
+        """
+        key = None
+        if from_step is not None:
+            if type not in STEP_KINDS:
+                raise InvalidInputError(f"invalid step type {type!r}: expected one of {', '.join(STEP_KINDS)}")
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise InvalidInputError(f"invalid step count {count!r}: expected an integer >= 1")
+            key = StepKey(type, from_step, count)
+        await self._engine.store.control(self.workflow, self.id, "restart", clock.now(), from_step=key)
+        self._engine.revoke(self._pk)
+        self._engine.wake()
+
+    async def delete(self) -> None:
+        """Remove the instance and its history, stopping it first."""
+        await self._engine.store.delete(self.workflow, self.id)
+        self._engine.revoke(self._pk)
+
+    async def wait(self, timeout: float | None = None) -> InstanceStatus:
+        """Wait until the instance is complete, errored or terminated; TimeoutError after `timeout` s."""
+        limit = None if timeout is None else durations.seconds(timeout, what="wait timeout")
+        loop = asyncio.get_running_loop()
+        deadline = None if limit is None else loop.time() + limit
+        pause = 0.005
+        while True:
+            changed = self._engine.changes()
+            status = await self.status()
+            if is_terminal(status.status):
+                return status
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(
+                    f"instance {self.id!r} of {self.workflow!r} did not end within {limit:g} s (it is {status.status})"
+                )
+            with_timeout = pause if remaining is None else min(pause, remaining)
+            try:
+                async with asyncio.timeout(with_timeout):
+                    await changed.wait()
+            except TimeoutError:
+                pause = min(pause * 2, 0.25)
+
+
+class WorkflowHandle:
+    """Creates, finds and lists the instances of one workflow."""
+
+    def __init__(self, engine: Engine, name: str) -> None:
+        self._engine = engine
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<WorkflowHandle {self.name}>"
+
+    async def create(self, id: str | None = None, params: JSON = None) -> Instance:
+        """Create an instance (queued), with a generated id unless one is given."""
+        return (await self.create_batch([{"id": id, "params": params}]))[0]
+
+    async def create_batch(self, items: Iterable[Mapping[str, Any]]) -> list[Instance]:
+        """Create several instances, all or none: `[{"id": ..., "params": ...}, ...]`."""
+        rows: list[tuple[str, str]] = []
+        seen: set[str] = set()
+        for item in items:
+            if not isinstance(item, Mapping) or set(item) - {"id", "params"}:
+                raise InvalidInputError(f"invalid batch item {item!r}: expected a dict with keys id and params")
+            instance_id = item.get("id")
+            instance_id = str(uuid.uuid4()) if instance_id is None else check_id(instance_id)
+            if instance_id in seen:
+                raise InvalidInputError(f"invalid batch: instance id {instance_id!r} appears more than once")
+            seen.add(instance_id)
+            params = serialization.dumps_input(
+                item.get("params"), self._engine.limits, what=f"params of instance {instance_id!r}"
+            )
+            rows.append((instance_id, params))
+        if not rows:
+            return []
+        records = await self._engine.store.create_instances(self.name, rows, clock.now())
+        self._engine.wake()
+        return [Instance(self._engine, record) for record in records]
+
+    async def get(self, id: str) -> Instance:
+        """The instance with this id; InstanceNotFoundError if there is none."""
+        check_id(id)
+        return Instance(self._engine, await self._engine.store.get_instance(self.name, id))
+
+    async def list(self, status: str | None = None, limit: int = 50, cursor: str | None = None) -> InstanceList:
+        """A page of instances, newest first, optionally of one status."""
+        if status is not None and status not in STATUSES:
+            raise InvalidInputError(f"invalid status {status!r}: expected one of {', '.join(STATUSES)}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= _MAX_PAGE:
+            raise InvalidInputError(f"invalid limit {limit!r}: expected an integer from 1 to {_MAX_PAGE}")
+        before = None
+        if cursor is not None:
+            if not isinstance(cursor, str) or not cursor.isdigit():
+                raise InvalidInputError(f"invalid cursor {cursor!r}: pass the next_cursor of a previous page")
+            before = int(cursor)
+        records = await self._engine.store.list_instances(self.name, status=status, limit=limit + 1, before_pk=before)
+        page = records[:limit]
+        next_cursor = str(page[-1].pk) if len(records) > limit else None
+        return InstanceList((Instance(self._engine, r) for r in page), next_cursor)

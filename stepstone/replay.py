@@ -1,0 +1,460 @@
+"""One pass of a workflow's `run()` for a claimed instance: replay, record, suspend.
+
+`run()` starts from the top each time an instance is claimed. A step found complete
+in the history returns its recorded result; the first step that is not runs for
+real and is recorded (one commit) before `step.do` returns.
+
+A step that must wait (a sleep, an event wait, a wait before a retry) *blocks* its
+branch of the run. When every branch of the run is blocked and no step is running,
+the run is *suspended*: its `run()` task is cancelled, the blocked steps and the
+instance's next due time are recorded in one commit, and the lease is released, so a
+waiting instance holds no coroutine, thread or connection. The worker claims it again
+when it is due (or when an event arrives) and replays it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import inspect
+import json
+import logging
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+from stepstone import clock, serialization
+from stepstone.durations import to_datetime
+from stepstone.errors import (
+    InvalidInputError,
+    LeaseLostError,
+    LimitExceededError,
+    NonRetryableError,
+    StepFailed,
+    StepTimeoutError,
+    WaitTimeout,
+    error_type_name,
+)
+from stepstone.retries import StepConfig
+from stepstone.serialization import Limits
+from stepstone.step import StepContext, StepInfo, WorkflowStep
+from stepstone.store.base import (
+    Attempt,
+    Claim,
+    Outcome,
+    RunEnd,
+    RunWrite,
+    Status,
+    StepKey,
+    StepKind,
+    StepRecord,
+    StepWrite,
+    Store,
+)
+from stepstone.workflow import Event, Workflow, WorkflowEvent
+
+log = logging.getLogger("stepstone.run")
+
+# Loop turns to let every branch reach its next step before a run is deemed idle.
+_SETTLE_TURNS = 3
+
+
+class Stopped(BaseException):
+    """The run lost its lease (taken over, terminated, restarted, deleted): stop silently.
+
+    A BaseException so that user code's `except Exception` cannot swallow it.
+    """
+
+
+@dataclass
+class _Block:
+    """A branch of the run that waits: until `wake_at` (None: until the run pauses)."""
+
+    wake_at: float | None
+    write: StepWrite | None
+    wait_type: str | None = None
+    wakeup: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+_wants_ctx_cache: dict[object, bool] = {}
+
+
+def _wants_ctx(fn: Callable[..., Any]) -> bool:
+    """Whether a step function takes the `ctx` keyword argument."""
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    if code is not None and code in _wants_ctx_cache:
+        return _wants_ctx_cache[code]
+    try:
+        wants = "ctx" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        wants = False
+    if code is not None:
+        _wants_ctx_cache[code] = wants
+    return wants
+
+
+def _event_result(type_: str, payload_json: str, sent_at: float) -> str:
+    return f'{{"type":{json.dumps(type_)},"payload":{payload_json},"timestamp":{sent_at!r}}}'
+
+
+def _event_from_result(text: str) -> Event:
+    data = json.loads(text)
+    return Event(data["type"], data["payload"], to_datetime(data["timestamp"]))
+
+
+class Run:
+    """Executes `run()` once for a claimed instance, recording and suspending as it goes."""
+
+    def __init__(
+        self,
+        store: Store,
+        claim: Claim,
+        workflow: Workflow,
+        history: list[StepRecord],
+        *,
+        limits: Limits,
+        executor: Executor,
+    ) -> None:
+        self.store = store
+        self.claim = claim
+        self.workflow = workflow
+        self.limits = limits
+        self.executor = executor
+        self.records = {record.key: record for record in history}
+        self.step_total = sum(1 for key in self.records if key.kind != "sleep")
+        self.counters: dict[tuple[StepKind, str], int] = {}
+        self.blocked: dict[StepKey, _Block] = {}
+        self.inflight = 0
+        self.pending: list[StepWrite] = []
+        """Step records to add to the next commit (sleeps found over)."""
+        self.pause_requested = False
+        self.suspend_blocks: list[_Block] | None = None
+        self.stopped = False
+        self._task: asyncio.Task[Any] | None = None
+
+    # -- the run as a whole -----------------------------------------------------------------
+
+    async def execute(self) -> Status | None:
+        """Run until `run()` ends or the run suspends; returns the instance's new status.
+
+        None if the lease was lost. Cancelling `execute` hands the instance back.
+        """
+        event = WorkflowEvent(
+            payload=serialization.loads(self.claim.params_json),
+            timestamp=to_datetime(self.claim.created_at),
+            instance_id=self.claim.id,
+            workflow_name=self.claim.workflow,
+        )
+        self._task = asyncio.ensure_future(self.workflow.run(event, WorkflowStep(self)))
+        try:
+            await asyncio.wait([self._task])
+        except asyncio.CancelledError:
+            self._task.cancel()
+            await asyncio.wait([self._task])
+            if not self.stopped:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._end("queued"))
+            raise
+        if self.stopped:
+            return None
+        if self.suspend_blocks is not None:
+            return await self._suspend_write(self.suspend_blocks)
+        try:
+            output = self._task.result()
+        except StepFailed as exc:
+            return await self._end("errored", error={"name": exc.error_type, "message": exc.message, "step": exc.step})
+        except Stopped:
+            return None
+        except asyncio.CancelledError:
+            return await self._end("errored", error={"name": "CancelledError", "message": "run() was cancelled"})
+        except Exception as exc:
+            return await self._end("errored", error={"name": error_type_name(exc), "message": str(exc)})
+        try:
+            output_json = serialization.dumps(output, what=f"output of workflow {self.claim.workflow!r}")
+        except TypeError as exc:
+            return await self._end("errored", error={"name": "TypeError", "message": str(exc)})
+        return await self._end("complete", output_json=output_json)
+
+    async def _end(
+        self,
+        end: RunEnd,
+        *,
+        output_json: str | None = None,
+        error: dict[str, str] | None = None,
+        steps: list[StepWrite] | None = None,
+        wake_at: float | None = None,
+        wait_types: list[str] | None = None,
+    ) -> Status | None:
+        write = RunWrite(
+            self.claim.pk,
+            self.claim.token,
+            clock.now(),
+            self._take_pending() + (steps or []),
+            end=end,
+            wake_at=wake_at,
+            output_json=output_json,
+            error_json=None if error is None else json.dumps(error),
+            wait_types=wait_types or [],
+        )
+        try:
+            return await self.store.write(write)
+        except LeaseLostError:
+            return None
+
+    async def _suspend_write(self, blocks: list[_Block]) -> Status | None:
+        due = [b.wake_at for b in blocks if b.wake_at is not None]
+        pausing = any(b.wake_at is None for b in blocks)
+        return await self._end(
+            "paused" if pausing else "waiting",
+            steps=[b.write for b in blocks if b.write is not None],
+            wake_at=min(due) if due else None,
+            wait_types=sorted({b.wait_type for b in blocks if b.wait_type is not None}),
+        )
+
+    def _take_pending(self) -> list[StepWrite]:
+        pending, self.pending = self.pending, []
+        return pending
+
+    async def _commit(self, steps: list[StepWrite]) -> None:
+        """Record steps now, under the lease; stop the run if the lease is gone."""
+        write = RunWrite(self.claim.pk, self.claim.token, clock.now(), self._take_pending() + steps)
+        try:
+            status = await self.store.write(write)
+        except LeaseLostError:
+            self.stop()
+            raise Stopped from None
+        if status == "waitingForPause":
+            self.pause_requested = True
+
+    def stop(self) -> None:
+        """The lease is gone: abandon the run without recording anything more."""
+        self.stopped = True
+        if self._task is not None:
+            self._task.cancel()
+
+    def poke(self) -> None:
+        """An event arrived for this instance: wake the branches waiting for one."""
+        for block in self.blocked.values():
+            if block.wait_type is not None and not block.wakeup.done():
+                block.wakeup.set_result(None)
+
+    # -- blocking and suspension ------------------------------------------------------------
+
+    async def _block(
+        self, key: StepKey, wake_at: float | None, write: StepWrite | None, wait_type: str | None = None
+    ) -> None:
+        """Wait until `wake_at` (or a poke), unless the run suspends first (then: cancelled)."""
+        block = _Block(wake_at, write, wait_type)
+        self.blocked[key] = block
+        self._maybe_suspend()
+        try:
+            timeout = None if wake_at is None else max(0.0, wake_at - clock.now())
+            await asyncio.wait([block.wakeup], timeout=timeout)
+        finally:
+            self.blocked.pop(key, None)
+
+    def _maybe_suspend(self, turn: int = 0) -> None:
+        if self.suspend_blocks is not None or self.stopped or not self.blocked or self.inflight:
+            return
+        if turn < _SETTLE_TURNS:
+            asyncio.get_running_loop().call_soon(self._maybe_suspend, turn + 1)
+            return
+        self.suspend_blocks = list(self.blocked.values())
+        assert self._task is not None
+        self._task.cancel()
+
+    @contextlib.contextmanager
+    def _busy(self) -> Iterator[None]:
+        self.inflight += 1
+        try:
+            yield
+        finally:
+            self.inflight -= 1
+            if not self.inflight and self.blocked:
+                self._maybe_suspend()
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def _next_key(self, kind: StepKind, name: object) -> StepKey:
+        if not isinstance(name, str) or not name:
+            raise InvalidInputError(f"invalid step name {name!r}: expected a non-empty string")
+        if len(name) > self.limits.max_step_name:
+            raise LimitExceededError(
+                f"step name {name[:40]!r}... is {len(name)} characters; limit is "
+                f"{self.limits.max_step_name} (max_step_name)",
+                limit="max_step_name",
+                value=len(name),
+            )
+        count = self.counters.get((kind, name), 0) + 1
+        self.counters[(kind, name)] = count
+        return StepKey(kind, name, count)
+
+    def _count_new_step(self) -> None:
+        self.step_total += 1
+        if self.step_total > self.limits.max_steps:
+            raise LimitExceededError(
+                f"instance {self.claim.id!r} reached {self.step_total} steps; limit is "
+                f"{self.limits.max_steps} (max_steps)",
+                limit="max_steps",
+                value=self.step_total,
+            )
+
+    def do(self, name: object, fn: Callable[..., Any], config: StepConfig) -> Coroutine[Any, Any, Any]:
+        if not callable(fn):
+            raise InvalidInputError(f"invalid step function {fn!r}: expected a callable")
+        return self._do(self._next_key("do", name), fn, config)
+
+    async def _do(self, key: StepKey, fn: Callable[..., Any], config: StepConfig) -> Any:
+        record = self.records.get(key)
+        if record is not None and record.status == "complete":
+            return serialization.loads(record.result_json)
+        if record is not None and record.status == "failed":
+            raise StepFailed(key.name, record.error_type or "Error", record.error_message or "")
+        if record is None:
+            self._count_new_step()
+        attempt = record.attempts if record is not None else 0
+        started_at = record.started_at if record is not None else clock.now()
+        if record is not None and record.due_at is not None and record.due_at > clock.now():
+            await self._block(key, record.due_at, None)  # a retry wait, already recorded
+        attempts: list[Attempt] = []
+        while True:
+            if self.pause_requested:
+                await self._block(key, None, None)
+            attempt += 1
+            ctx = StepContext(StepInfo(key.name, key.count), attempt, config)
+            with self._busy():
+                began = clock.now()
+                error: Exception | None = None
+                final = False
+                try:
+                    value = await self._attempt(fn, ctx)
+                except Exception as exc:
+                    error = exc
+                    final = isinstance(exc, NonRetryableError) or attempt > config.retries.limit
+                else:
+                    try:
+                        text = serialization.dumps(value, what=f"result of step {key.name!r}")
+                        serialization.check_size(text, self.limits.max_value_bytes, what=f"result of step {key.name!r}")
+                    except (TypeError, LimitExceededError) as exc:
+                        error, final = exc, True
+                ended = clock.now()
+                if error is None:
+                    attempts.append(Attempt(attempt, began, ended, "ok"))
+                    await self._commit(
+                        [
+                            StepWrite(
+                                key,
+                                "complete",
+                                started_at,
+                                text,
+                                attempts=attempt,
+                                ended_at=ended,
+                                new_attempts=attempts,
+                            )
+                        ]
+                    )
+                    return json.loads(text)
+                error_type, message = error_type_name(error), str(error)
+                outcome: Outcome = "timeout" if isinstance(error, StepTimeoutError) else "error"
+                attempts.append(Attempt(attempt, began, ended, outcome, error_type, message))
+                if final:
+                    await self._commit(
+                        [
+                            StepWrite(
+                                key, "failed", started_at, None, error_type, message, attempt, None, ended, attempts
+                            )
+                        ]
+                    )
+                    raise StepFailed(key.name, error_type, message) from error
+            due = ended + config.retries.wait_before_retry(attempt)
+            if due > clock.now():
+                write = StepWrite(key, "waiting", started_at, None, error_type, message, attempt, due, None, attempts)
+                await self._block(key, due, write)
+
+    async def _attempt(self, fn: Callable[..., Any], ctx: StepContext) -> Any:
+        call = functools.partial(fn, ctx=ctx) if _wants_ctx(fn) else fn
+        timeout = ctx.config.timeout.total_seconds()
+        try:
+            async with asyncio.timeout(timeout) as deadline:
+                if inspect.iscoroutinefunction(fn):
+                    return await call()
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(self.executor, contextvars.copy_context().run, call)
+                if inspect.isawaitable(result):
+                    result = await result
+                return result
+        except TimeoutError:
+            if deadline.expired():
+                raise StepTimeoutError(
+                    f"step {ctx.step.name!r} attempt {ctx.attempt} ran over its timeout of {timeout:g} s"
+                ) from None
+            raise
+
+    def sleep(self, name: object, seconds: float | None, *, until: float | None) -> Coroutine[Any, Any, None]:
+        return self._sleep(self._next_key("sleep", name), seconds, until)
+
+    async def _sleep(self, key: StepKey, seconds: float | None, until: float | None) -> None:
+        record = self.records.get(key)
+        if record is not None and record.status == "complete":
+            return
+        if record is not None and record.due_at is not None:
+            started_at, due = record.started_at, record.due_at
+        else:
+            if self.pause_requested:
+                await self._block(key, None, None)
+            started_at = clock.now()
+            due = until if until is not None else started_at + (seconds or 0.0)
+        if due > clock.now():
+            await self._block(key, due, StepWrite(key, "waiting", started_at, due_at=due))
+        self.pending.append(StepWrite(key, "complete", started_at, due_at=due, ended_at=clock.now()))
+
+    def wait_for_event(self, name: object, type_: str, timeout: float) -> Coroutine[Any, Any, Event]:
+        return self._wait_for_event(self._next_key("wait_for_event", name), type_, timeout)
+
+    async def _wait_for_event(self, key: StepKey, type_: str, timeout: float) -> Event:
+        record = self.records.get(key)
+        if record is not None and record.status == "complete" and record.result_json is not None:
+            return _event_from_result(record.result_json)
+        if record is not None and record.status == "failed":
+            raise WaitTimeout(key.name, record.error_type or "stepstone.WaitTimeout", record.error_message or "")
+        if record is None:
+            self._count_new_step()
+            if self.pause_requested:
+                await self._block(key, None, None)
+        started_at = record.started_at if record is not None else clock.now()
+        due = record.due_at if record is not None and record.due_at is not None else started_at + timeout
+        while True:
+            with self._busy():
+                event = await self.store.next_event(self.claim.pk, type_)
+                now = clock.now()
+                if event is not None:
+                    result = _event_result(event.type, event.payload_json, event.sent_at)
+                    await self._commit(
+                        [
+                            StepWrite(
+                                key, "complete", started_at, result, due_at=due, ended_at=now, consume_event=event.seq
+                            )
+                        ]
+                    )
+                    return Event(event.type, serialization.loads(event.payload_json), to_datetime(event.sent_at))
+                if now >= due:
+                    timed_out = WaitTimeout(key.name, message=f"no {type_!r} event arrived for step {key.name!r}")
+                    await self._commit(
+                        [
+                            StepWrite(
+                                key,
+                                "failed",
+                                started_at,
+                                None,
+                                timed_out.error_type,
+                                timed_out.message,
+                                due_at=due,
+                                ended_at=now,
+                            )
+                        ]
+                    )
+                    raise timed_out
+            await self._block(key, due, StepWrite(key, "waiting", started_at, due_at=due), wait_type=type_)

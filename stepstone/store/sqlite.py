@@ -1,0 +1,653 @@
+"""The SQLite store: one file in WAL mode, shared by any number of processes on one machine.
+
+Durability: `synchronous=FULL` by default, so a commit is on disk (the WAL is
+fsynced) before any write is acknowledged; nothing acknowledged is lost on power loss.
+`synchronous="NORMAL"` is offered as a faster setting: it survives a process crash
+but a power loss may drop the last commits.
+
+Each store object keeps two threads, each with its own connection: a writer, which
+runs every write and groups the writes that queue up meanwhile into one transaction
+(group commit: one fsync for many steps), and a reader. Writes take the database
+write lock with BEGIN IMMEDIATE, so two processes never claim the same row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from stepstone import lifecycle
+from stepstone.errors import (
+    InstanceExistsError,
+    InstanceNotFoundError,
+    InvalidInputError,
+    InvalidStateError,
+    LeaseLostError,
+    StepstoneError,
+)
+from stepstone.store import migrations
+from stepstone.store.base import (
+    Attempt,
+    Claim,
+    ClaimBatch,
+    ControlOp,
+    EventRecord,
+    InstanceRecord,
+    RunWrite,
+    Status,
+    StepKey,
+    StepRecord,
+)
+
+T = TypeVar("T")
+
+_INSTANCE_COLUMNS = (
+    "pk, workflow, id, status, params, output, error, created_at, updated_at, wake_at, paused_status, "
+    "started_at, ended_at"
+)
+_STEP_COLUMNS = (
+    "seq, kind, name, count, status, result, error_type, error_message, attempts, due_at, started_at, ended_at"
+)
+_MAX_BATCH = 512
+
+
+def _instance(row: sqlite3.Row | tuple[Any, ...]) -> InstanceRecord:
+    return InstanceRecord(*row)
+
+
+def _step(row: tuple[Any, ...], attempt_log: tuple[Attempt, ...] = ()) -> StepRecord:
+    seq, kind, name, count, status, result, error_type, error_message, attempts, due_at, started_at, ended_at = row
+    return StepRecord(
+        StepKey(kind, name, count),
+        status,
+        result,
+        error_type,
+        error_message,
+        attempts,
+        due_at,
+        started_at,
+        ended_at,
+        seq,
+        attempt_log,
+    )
+
+
+def _marks(values: Sequence[object]) -> str:
+    return ",".join("?" * len(values))
+
+
+class _Job:
+    __slots__ = ("fn", "future", "loop")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], loop: asyncio.AbstractEventLoop) -> None:
+        self.fn = fn
+        self.loop = loop
+        self.future: asyncio.Future[Any] = loop.create_future()
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class _ConnectionThread:
+    """A thread owning one connection; runs submitted functions against it in order.
+
+    A writing thread wraps what is queued into one BEGIN IMMEDIATE ... COMMIT, each
+    job in its own savepoint, so one job's error undoes only that job.
+    """
+
+    def __init__(self, path: str, synchronous: str, *, writer: bool, name: str) -> None:
+        self._path = path
+        self._synchronous = synchronous
+        self._writer = writer
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+        self._thread.join()
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        job = _Job(fn, asyncio.get_running_loop())
+        self._jobs.put(job)
+        return job.future
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=60.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=60000")
+        return conn
+
+    def _main(self) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is None:
+                    return
+                if not self._writer:
+                    self._run_read(conn, job)
+                    continue
+                batch = [job]
+                stop = False
+                while len(batch) < _MAX_BATCH:
+                    try:
+                        more = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        stop = True
+                        break
+                    batch.append(more)
+                self._run_batch(conn, batch)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _run_read(conn: sqlite3.Connection, job: _Job) -> None:
+        try:
+            conn.execute("BEGIN")
+            try:
+                result, error = job.fn(conn), None
+            finally:
+                conn.execute("COMMIT")
+        except BaseException as exc:
+            result, error = None, exc
+        job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+
+    @staticmethod
+    def _run_batch(conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    outcomes.append((job, job.fn(conn), None))
+                except BaseException as exc:
+                    conn.execute("ROLLBACK TO job")
+                    outcomes.append((job, None, exc))
+                conn.execute("RELEASE job")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            outcomes = [(job, None, exc) for job in batch]
+        for job, result, error in outcomes:
+            job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+
+
+def path_from_url(url: str) -> str:
+    """`sqlite:///relative.db` -> relative.db, `sqlite:////abs.db` -> /abs.db, `sqlite://:memory:`."""
+    if not url.startswith("sqlite://"):
+        raise InvalidInputError(f"invalid SQLite URL {url!r}: expected sqlite:///path/to/file.db")
+    rest = url.removeprefix("sqlite://")
+    if rest in (":memory:", "/:memory:"):
+        raise InvalidInputError(
+            f"invalid SQLite URL {url!r}: an in-memory database cannot be shared by the engine's "
+            "connections; use a file (a temporary directory is fine)"
+        )
+    if not rest.startswith("/") or rest == "/":
+        raise InvalidInputError(f"invalid SQLite URL {url!r}: expected sqlite:///path/to/file.db")
+    return rest[1:]
+
+
+class SqliteStore:
+    """The `Store` on one SQLite file."""
+
+    wakeup_poll = 0.25
+
+    def __init__(self, url: str, *, synchronous: str = "FULL") -> None:
+        if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
+            raise InvalidInputError(f"invalid SQLite synchronous {synchronous!r}: expected FULL, EXTRA or NORMAL")
+        self.url = url
+        self.path = path_from_url(url)
+        self._synchronous = synchronous.upper()
+        self._writer: _ConnectionThread | None = None
+        self._reader: _ConnectionThread | None = None
+
+    async def open(self) -> None:
+        directory = Path(self.path).parent
+        if not directory.is_dir():
+            raise InvalidInputError(f"invalid SQLite URL {self.url!r}: directory {str(directory)!r} does not exist")
+        self._writer = _ConnectionThread(self.path, self._synchronous, writer=True, name="stepstone-sqlite-writer")
+        self._reader = _ConnectionThread(self.path, self._synchronous, writer=False, name="stepstone-sqlite-reader")
+        await asyncio.to_thread(self._writer.start)
+        await self._write(self._migrate)
+        await asyncio.to_thread(self._reader.start)
+
+    async def close(self) -> None:
+        for thread in (self._writer, self._reader):
+            if thread is not None:
+                await asyncio.to_thread(thread.stop)
+        self._writer = self._reader = None
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        if self._writer is None:
+            raise StepstoneError("the store is not open (use `async with engine:`)")
+        return self._writer.submit(fn)
+
+    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        if self._reader is None:
+            raise StepstoneError("the store is not open (use `async with engine:`)")
+        return self._reader.submit(fn)
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        for migration in migrations.pending("sqlite", row[0] or 0):
+            for statement in migration.sql.split(";\n"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (migration.version,))
+
+    # -- workflows ------------------------------------------------------------------------
+
+    async def register_workflows(self, names: Sequence[str], now: float) -> None:
+        def register(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO workflows (name, registered_at, seen_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET seen_at = excluded.seen_at",
+                [(name, now, now) for name in names],
+            )
+
+        await self._write(register)
+
+    async def workflow_names(self) -> list[str]:
+        return await self._read(lambda c: [r[0] for r in c.execute("SELECT name FROM workflows ORDER BY name")])
+
+    async def status_counts(self, workflow: str) -> dict[str, int]:
+        sql = "SELECT status, count(*) FROM instances WHERE workflow = ? GROUP BY status"
+        return await self._read(lambda c: dict(c.execute(sql, (workflow,)).fetchall()))
+
+    # -- instances, for clients -----------------------------------------------------------
+
+    async def create_instances(
+        self, workflow: str, items: Sequence[tuple[str, str]], now: float
+    ) -> list[InstanceRecord]:
+        def create(conn: sqlite3.Connection) -> list[InstanceRecord]:
+            created = []
+            for instance_id, params_json in items:
+                try:
+                    row = conn.execute(
+                        "INSERT INTO instances (workflow, id, status, params, created_at, updated_at) "
+                        f"VALUES (?, ?, 'queued', ?, ?, ?) RETURNING {_INSTANCE_COLUMNS}",
+                        (workflow, instance_id, params_json, now, now),
+                    ).fetchone()
+                except sqlite3.IntegrityError:
+                    raise InstanceExistsError(
+                        f"instance {instance_id!r} already exists in workflow {workflow!r}"
+                    ) from None
+                created.append(_instance(row))
+            return created
+
+        return await self._write(create)
+
+    async def get_instance(self, workflow: str, instance_id: str) -> InstanceRecord:
+        def get(conn: sqlite3.Connection) -> InstanceRecord:
+            return _instance(_find(conn, workflow, instance_id, _INSTANCE_COLUMNS))
+
+        return await self._read(get)
+
+    async def list_instances(
+        self, workflow: str, *, status: str | None, limit: int, before_pk: int | None
+    ) -> list[InstanceRecord]:
+        sql = f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE workflow = ?"
+        args: list[object] = [workflow]
+        if status is not None:
+            sql += " AND status = ?"
+            args.append(status)
+        if before_pk is not None:
+            sql += " AND pk < ?"
+            args.append(before_pk)
+        sql += " ORDER BY pk DESC LIMIT ?"
+        args.append(limit)
+        return await self._read(lambda c: [_instance(r) for r in c.execute(sql, args)])
+
+    async def history(self, pk: int) -> list[StepRecord]:
+        def read(conn: sqlite3.Connection) -> list[StepRecord]:
+            log: dict[int, list[Attempt]] = {}
+            for seq, *attempt in conn.execute(
+                "SELECT a.step_seq, a.attempt, a.started_at, a.ended_at, a.outcome, a.error_type, a.error_message "
+                "FROM attempts a JOIN steps s ON s.seq = a.step_seq WHERE s.instance_pk = ? "
+                "ORDER BY a.step_seq, a.attempt",
+                (pk,),
+            ):
+                log.setdefault(seq, []).append(Attempt(*attempt))
+            rows = conn.execute(f"SELECT {_STEP_COLUMNS} FROM steps WHERE instance_pk = ? ORDER BY seq", (pk,))
+            return [_step(row, tuple(log.get(row[0], ()))) for row in rows]
+
+        return await self._read(read)
+
+    async def events(self, pk: int) -> list[EventRecord]:
+        def read(conn: sqlite3.Connection) -> list[EventRecord]:
+            rows = conn.execute(
+                "SELECT e.seq, e.type, e.payload, e.sent_at, s.kind, s.name, s.count FROM events e "
+                "LEFT JOIN steps s ON s.seq = e.consumed_by WHERE e.instance_pk = ? ORDER BY e.seq",
+                (pk,),
+            )
+            return [
+                EventRecord(seq, type_, payload, sent_at, StepKey(kind, name, count) if kind else None)
+                for seq, type_, payload, sent_at, kind, name, count in rows
+            ]
+
+        return await self._read(read)
+
+    async def send_event(self, workflow: str, instance_id: str, type: str, payload_json: str, now: float) -> int:
+        def send(conn: sqlite3.Connection) -> int:
+            pk, status = _find(conn, workflow, instance_id, "pk, status")
+            if not lifecycle.can_receive_events(status):
+                raise InvalidStateError(
+                    f"cannot send an event to instance {instance_id!r}: it is {status}; events are "
+                    "accepted until an instance completes, errors or is terminated"
+                )
+            (seq,) = conn.execute(
+                "INSERT INTO events (instance_pk, type, payload, sent_at) VALUES (?, ?, ?, ?) RETURNING seq",
+                (pk, type, payload_json, now),
+            ).fetchone()
+            # Wake a waiting instance so that its run looks for the event (a paused one: on resume).
+            conn.execute(
+                "UPDATE instances SET wake_at = ? WHERE pk = ? "
+                "AND (status = 'waiting' OR (status = 'paused' AND paused_status = 'waiting'))",
+                (now, pk),
+            )
+            return int(seq)
+
+        return await self._write(send)
+
+    async def control(
+        self, workflow: str, instance_id: str, op: ControlOp, now: float, *, from_step: StepKey | None = None
+    ) -> InstanceRecord:
+        def apply(conn: sqlite3.Connection) -> InstanceRecord:
+            pk, status, paused_status = _find(conn, workflow, instance_id, "pk, status, paused_status")
+            change = lifecycle.plan(op, status, paused_status)
+            if op == "restart":
+                _discard_history(conn, pk, from_step)
+                conn.execute(
+                    "UPDATE instances SET status = 'queued', output = NULL, error = NULL, wake_at = NULL, "
+                    "paused_status = NULL, ended_at = NULL, lease_owner = NULL, lease_expires = NULL, "
+                    "lease_token = lease_token + 1, updated_at = ? WHERE pk = ?",
+                    (now, pk),
+                )
+            elif change.revoke_lease:  # terminate
+                conn.execute(
+                    "UPDATE instances SET status = ?, wake_at = NULL, paused_status = NULL, ended_at = ?, "
+                    "lease_owner = NULL, lease_expires = NULL, lease_token = lease_token + 1, updated_at = ? "
+                    "WHERE pk = ?",
+                    (change.status, now, now, pk),
+                )
+            else:  # pause, resume
+                conn.execute(
+                    "UPDATE instances SET status = ?, paused_status = ?, updated_at = ? WHERE pk = ?",
+                    (change.status, change.paused_status, now, pk),
+                )
+            row = conn.execute(f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE pk = ?", (pk,)).fetchone()
+            return _instance(row)
+
+        return await self._write(apply)
+
+    async def delete(self, workflow: str, instance_id: str) -> None:
+        def delete(conn: sqlite3.Connection) -> None:
+            cursor = conn.execute("DELETE FROM instances WHERE workflow = ? AND id = ?", (workflow, instance_id))
+            if cursor.rowcount == 0:
+                raise _not_found(workflow, instance_id)
+
+        await self._write(delete)
+
+    # -- workers --------------------------------------------------------------------------
+
+    async def claim(
+        self, worker_id: str, workflows: Sequence[str], limit: int, now: float, lease_until: float
+    ) -> ClaimBatch:
+        names = list(workflows)
+        if not names:
+            return ClaimBatch([], None)
+        of_mine = f"workflow IN ({_marks(names)})"
+
+        def claim(conn: sqlite3.Connection) -> ClaimBatch:
+            # A pause asked while a step ran takes effect when that step ends; a dead
+            # worker's step has ended.
+            conn.execute(
+                "UPDATE instances SET status = 'paused', paused_status = 'queued', lease_owner = NULL, "
+                f"lease_expires = NULL, updated_at = ? WHERE status = 'waitingForPause' AND lease_expires < ? "
+                f"AND {of_mine}",
+                (now, now, *names),
+            )
+            picked: list[tuple[int, bool]] = []
+            for sql, args in (
+                # Waking instances go first, then those whose worker died, then new ones.
+                (
+                    f"SELECT pk, 1 FROM instances WHERE status = 'waiting' AND wake_at <= ? AND {of_mine} "
+                    "ORDER BY wake_at LIMIT ?",
+                    (now, *names),
+                ),
+                (
+                    f"SELECT pk, 1 FROM instances WHERE status = 'running' AND lease_expires < ? AND {of_mine} "
+                    "ORDER BY lease_expires LIMIT ?",
+                    (now, *names),
+                ),
+                (
+                    "SELECT pk, started_at IS NOT NULL FROM instances WHERE status = 'queued' "
+                    f"AND {of_mine} ORDER BY pk LIMIT ?",
+                    tuple(names),
+                ),
+            ):
+                if len(picked) < limit:
+                    picked += conn.execute(sql, (*args, limit - len(picked))).fetchall()
+            claims = []
+            for pk, resumed in picked:
+                row = conn.execute(
+                    "UPDATE instances SET status = 'running', lease_owner = ?, lease_expires = ?, "
+                    "lease_token = lease_token + 1, started_at = coalesce(started_at, ?), updated_at = ? "
+                    "WHERE pk = ? RETURNING workflow, id, params, created_at, lease_token",
+                    (worker_id, lease_until, now, now, pk),
+                ).fetchone()
+                workflow, instance_id, params, created_at, token = row
+                claims.append(Claim(pk, workflow, instance_id, params, created_at, token, bool(resumed)))
+            if len(claims) >= limit:
+                return ClaimBatch(claims, now)
+            due = conn.execute(
+                f"SELECT wake_at FROM instances WHERE status = 'waiting' AND {of_mine} ORDER BY wake_at LIMIT 1",
+                names,
+            ).fetchone()
+            expiring = conn.execute(
+                f"SELECT lease_expires FROM instances WHERE status IN ('running', 'waitingForPause') "
+                f"AND lease_owner != ? AND {of_mine} ORDER BY lease_expires LIMIT 1",
+                (worker_id, *names),
+            ).fetchone()
+            times = [row[0] for row in (due, expiring) if row is not None and row[0] is not None]
+            return ClaimBatch(claims, min(times) if times else None)
+
+        return await self._write(claim)
+
+    async def load_steps(self, pk: int) -> list[StepRecord]:
+        sql = f"SELECT {_STEP_COLUMNS} FROM steps WHERE instance_pk = ? ORDER BY seq"
+        return await self._read(lambda c: [_step(row) for row in c.execute(sql, (pk,))])
+
+    async def next_event(self, pk: int, type: str) -> EventRecord | None:
+        def read(conn: sqlite3.Connection) -> EventRecord | None:
+            row = conn.execute(
+                "SELECT seq, type, payload, sent_at FROM events WHERE instance_pk = ? AND type = ? "
+                "AND consumed_by IS NULL ORDER BY seq LIMIT 1",
+                (pk, type),
+            ).fetchone()
+            return None if row is None else EventRecord(*row)
+
+        return await self._read(read)
+
+    async def write(self, run: RunWrite) -> Status:
+        return await self._write(lambda conn: _write_run(conn, run))
+
+    async def renew_leases(self, worker_id: str, tokens: dict[int, int], lease_until: float) -> set[int]:
+        def renew(conn: sqlite3.Connection) -> set[int]:
+            lost = set()
+            for pk, token in tokens.items():
+                cursor = conn.execute(
+                    "UPDATE instances SET lease_expires = ? WHERE pk = ? AND lease_token = ? AND lease_owner = ?",
+                    (lease_until, pk, token, worker_id),
+                )
+                if cursor.rowcount == 0:
+                    lost.add(pk)
+            return lost
+
+        return await self._write(renew)
+
+    async def worker_seen(self, worker_id: str, host: str, pid: int, now: float) -> None:
+        def seen(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO workers (id, host, pid, started_at, seen_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at",
+                (worker_id, host, pid, now, now),
+            )
+
+        await self._write(seen)
+
+    async def workers_on_host(self, host: str) -> list[tuple[str, int]]:
+        sql = "SELECT id, pid FROM workers WHERE host = ?"
+        return await self._read(lambda c: [(r[0], r[1]) for r in c.execute(sql, (host,))])
+
+    async def expire_workers(self, worker_ids: Sequence[str], now: float) -> int:
+        ids = list(worker_ids)
+
+        def expire(conn: sqlite3.Connection) -> int:
+            if not ids:
+                return 0
+            cursor = conn.execute(
+                f"UPDATE instances SET lease_expires = ? WHERE lease_owner IN ({_marks(ids)})", (now - 1, *ids)
+            )
+            conn.execute(f"DELETE FROM workers WHERE id IN ({_marks(ids)})", ids)
+            return cursor.rowcount
+
+        return await self._write(expire)
+
+    async def forget_worker(self, worker_id: str) -> None:
+        def forget(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
+
+        await self._write(forget)
+
+    async def subscribe_wakeups(self, callback: Callable[[], None]) -> None:
+        """SQLite has no cross-process notification: workers poll every `wakeup_poll` seconds."""
+
+
+def _not_found(workflow: str, instance_id: str) -> InstanceNotFoundError:
+    return InstanceNotFoundError(f"no instance {instance_id!r} in workflow {workflow!r}")
+
+
+def _find(conn: sqlite3.Connection, workflow: str, instance_id: str, columns: str) -> tuple[Any, ...]:
+    row = conn.execute(
+        f"SELECT {columns} FROM instances WHERE workflow = ? AND id = ?", (workflow, instance_id)
+    ).fetchone()
+    if row is None:
+        raise _not_found(workflow, instance_id)
+    return tuple(row)
+
+
+def _discard_history(conn: sqlite3.Connection, pk: int, from_step: StepKey | None) -> None:
+    """Delete an instance's steps (all, or from `from_step` on); events they took go too."""
+    first = 0
+    if from_step is not None:
+        row = conn.execute(
+            "SELECT seq FROM steps WHERE instance_pk = ? AND kind = ? AND name = ? AND count = ?",
+            (pk, from_step.kind, from_step.name, from_step.count),
+        ).fetchone()
+        if row is None:
+            raise InvalidInputError(
+                f"cannot restart from step {from_step.name!r} (count {from_step.count}, type "
+                f"{from_step.kind}): no such step in the instance's history"
+            )
+        first = row[0]
+    conn.execute("DELETE FROM steps WHERE instance_pk = ? AND seq >= ?", (pk, first))
+
+
+def _write_run(conn: sqlite3.Connection, run: RunWrite) -> Status:
+    row = conn.execute("SELECT status FROM instances WHERE pk = ? AND lease_token = ?", (run.pk, run.token)).fetchone()
+    if row is None:
+        raise LeaseLostError(f"instance {run.pk} is no longer leased with token {run.token}")
+    status: str = row[0]
+    for step in run.steps:
+        (seq,) = conn.execute(
+            "INSERT INTO steps (instance_pk, kind, name, count, status, result, error_type, error_message, "
+            "attempts, due_at, started_at, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (instance_pk, kind, name, count) DO UPDATE SET status = excluded.status, "
+            "result = excluded.result, error_type = excluded.error_type, error_message = excluded.error_message, "
+            "attempts = excluded.attempts, due_at = excluded.due_at, ended_at = excluded.ended_at RETURNING seq",
+            (
+                run.pk,
+                step.key.kind,
+                step.key.name,
+                step.key.count,
+                step.status,
+                step.result_json,
+                step.error_type,
+                step.error_message,
+                step.attempts,
+                step.due_at,
+                step.started_at,
+                step.ended_at,
+            ),
+        ).fetchone()
+        if step.new_attempts:
+            conn.executemany(
+                "INSERT OR REPLACE INTO attempts (step_seq, attempt, started_at, ended_at, outcome, error_type, "
+                "error_message) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (seq, a.attempt, a.started_at, a.ended_at, a.outcome, a.error_type, a.error_message)
+                    for a in step.new_attempts
+                ],
+            )
+        if step.consume_event is not None:
+            taken = conn.execute(
+                "UPDATE events SET consumed_by = ? WHERE seq = ? AND consumed_by IS NULL", (seq, step.consume_event)
+            )
+            if taken.rowcount != 1:
+                raise LeaseLostError(f"event {step.consume_event} was taken or removed meanwhile")
+    if run.end is None:
+        conn.execute("UPDATE instances SET updated_at = ? WHERE pk = ?", (run.now, run.pk))
+        return status  # type: ignore[return-value]
+    wake_at = run.wake_at
+    if run.end == "waiting" and run.wait_types:
+        pending = conn.execute(
+            "SELECT 1 FROM events WHERE instance_pk = ? AND consumed_by IS NULL "
+            f"AND type IN ({_marks(run.wait_types)}) LIMIT 1",
+            (run.pk, *run.wait_types),
+        ).fetchone()
+        if pending is not None:
+            wake_at = run.now
+    new_status, paused_status = lifecycle.end_status(status, run.end, wake_at)
+    ended_at = run.now if new_status in ("complete", "errored") else None
+    conn.execute(
+        "UPDATE instances SET status = ?, paused_status = ?, wake_at = ?, output = ?, error = ?, ended_at = ?, "
+        "lease_owner = NULL, lease_expires = NULL, updated_at = ? WHERE pk = ?",
+        (new_status, paused_status, wake_at, run.output_json, run.error_json, ended_at, run.now, run.pk),
+    )
+    return new_status  # type: ignore[return-value]

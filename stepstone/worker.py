@@ -1,0 +1,199 @@
+"""The worker: claims runnable instances, runs them, keeps their leases alive.
+
+A worker sleeps until the earliest moment something becomes runnable (the next
+timer, the next expiring lease), or until it is woken: by this process (an instance
+created, an event sent, a run suspended) or by another (the store's notifications,
+else a slow safety-net poll). It never polls the database in a tight loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from stepstone import clock
+from stepstone.replay import Run
+from stepstone.serialization import Limits
+from stepstone.store.base import Claim, Store
+from stepstone.workflow import Workflow
+
+log = logging.getLogger("stepstone.worker")
+
+
+def host_identity() -> str:
+    """Names this machine (and pid namespace), so a worker can tell its neighbours' pids apart."""
+    parts = [socket.gethostname()]
+    with contextlib.suppress(OSError), open("/proc/sys/kernel/random/boot_id") as boot:
+        parts.append(boot.read().strip())
+    with contextlib.suppress(OSError):
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    return "/".join(parts)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class _Active:
+    claim: Claim
+    task: asyncio.Task[None] | None = None
+    run: Run | None = None
+
+
+class Worker:
+    """Runs the instances of `workflows` found in `store`, up to `concurrency` at a time."""
+
+    def __init__(
+        self,
+        store: Store,
+        workflows: dict[str, type[Workflow]],
+        *,
+        concurrency: int,
+        lease_seconds: float,
+        limits: Limits,
+        executor: Executor,
+        on_change: Callable[[], None],
+    ) -> None:
+        self.store = store
+        self.workflows = workflows
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.limits = limits
+        self.executor = executor
+        self.on_change = on_change
+        self.host = host_identity()
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.active: dict[int, _Active] = {}
+        self._wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self.store.worker_seen(self.id, self.host, os.getpid(), clock.now())
+        await self._reap_dead_neighbours()
+        await self.store.subscribe_wakeups(self.wake)
+        self._tasks = [
+            asyncio.create_task(self._claim_loop(), name="stepstone-claim"),
+            asyncio.create_task(self._heartbeat_loop(), name="stepstone-heartbeat"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop claiming; hand running instances back so another worker can take them at once."""
+        for task in self._tasks:
+            task.cancel()
+        runs = [a.task for a in self.active.values() if a.task is not None]
+        for task in runs:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *runs, return_exceptions=True)
+        self._tasks = []
+        with contextlib.suppress(Exception):
+            await self.store.forget_worker(self.id)
+
+    def wake(self) -> None:
+        """Something may have become runnable: look now."""
+        self._wakeup.set()
+
+    def poke(self, pk: int) -> None:
+        """An event was sent to instance `pk`: if it runs here, its waits look at once."""
+        active = self.active.get(pk)
+        if active is not None and active.run is not None:
+            active.run.poke()
+        self.wake()
+
+    def revoke(self, pk: int) -> None:
+        """Instance `pk` was terminated, restarted or deleted: abandon its run here."""
+        active = self.active.get(pk)
+        if active is not None and active.run is not None:
+            active.run.stop()
+
+    # -- loops ------------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        names = sorted(self.workflows)
+        while True:
+            self._wakeup.clear()
+            free = self.concurrency - len(self.active)
+            next_at: float | None = None
+            if free > 0:
+                try:
+                    now = clock.now()
+                    batch = await self.store.claim(self.id, names, free, now, now + self.lease_seconds)
+                except Exception:
+                    log.exception("claiming instances failed; retrying in %s s", self.store.wakeup_poll)
+                    batch = None
+                if batch is not None:
+                    for claim in batch.claims:
+                        self._start(claim)
+                    next_at = batch.next_wake_at
+            delay = self.store.wakeup_poll
+            if next_at is not None:
+                delay = min(delay, max(0.0, next_at - clock.now()))
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wakeup.wait()
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                tokens = {pk: a.claim.token for pk, a in self.active.items()}
+                now = clock.now()
+                if tokens:
+                    for pk in await self.store.renew_leases(self.id, tokens, now + self.lease_seconds):
+                        log.warning("lost the lease of instance %s; abandoning its run", pk)
+                        self.revoke(pk)
+                await self.store.worker_seen(self.id, self.host, os.getpid(), now)
+                await self._reap_dead_neighbours()
+            except Exception:
+                log.exception("heartbeat failed; retrying in %s s", interval)
+
+    async def _reap_dead_neighbours(self) -> None:
+        """Free at once the leases of dead worker processes on this machine."""
+        dead = [
+            worker_id
+            for worker_id, pid in await self.store.workers_on_host(self.host)
+            if worker_id != self.id and not _pid_alive(pid)
+        ]
+        if dead and await self.store.expire_workers(dead, clock.now()):
+            self.wake()
+
+    # -- runs -------------------------------------------------------------------------------
+
+    def _start(self, claim: Claim) -> None:
+        previous = self.active.get(claim.pk)
+        if previous is not None and previous.run is not None:  # our own lease expired; we took it again
+            previous.run.stop()
+        active = _Active(claim)
+        active.task = asyncio.create_task(self._run(claim, active), name=f"stepstone-run-{claim.id}")
+        self.active[claim.pk] = active
+
+    async def _run(self, claim: Claim, active: _Active) -> None:
+        try:
+            history = await self.store.load_steps(claim.pk) if claim.resumed else []
+            workflow = self.workflows[claim.workflow]()
+            active.run = Run(self.store, claim, workflow, history, limits=self.limits, executor=self.executor)
+            await active.run.execute()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("run of instance %r of %r failed; it will be retried", claim.id, claim.workflow)
+        finally:
+            if self.active.get(claim.pk) is active:
+                del self.active[claim.pk]
+            self.wake()
+            self.on_change()
