@@ -21,10 +21,10 @@ import functools
 import inspect
 import json
 import logging
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from stepstone import clock, serialization
 from stepstone.durations import to_datetime
@@ -57,6 +57,8 @@ from stepstone.store.base import (
 from stepstone.workflow import Event, Workflow, WorkflowEvent
 
 log = logging.getLogger("stepstone.run")
+
+T = TypeVar("T")
 
 # Loop turns to let every branch reach its next step before a run is deemed idle.
 _SETTLE_TURNS = 3
@@ -203,6 +205,9 @@ class Run:
             return await self.store.write(write)
         except LeaseLostError:
             return None
+        except Exception:
+            log.exception("store failure ending the run of instance %r; it will be run again", self.claim.id)
+            return None
 
     async def _suspend_write(self, blocks: list[_Block]) -> Status | None:
         due = [b.wake_at for b in blocks if b.wake_at is not None]
@@ -221,13 +226,25 @@ class Run:
     async def _commit(self, steps: list[StepWrite]) -> None:
         """Record steps now, under the lease; stop the run if the lease is gone."""
         write = RunWrite(self.claim.pk, self.claim.token, clock.now(), self._take_pending() + steps)
-        try:
-            status = await self.store.write(write)
-        except LeaseLostError:
-            self.stop()
-            raise Stopped from None
+        status = await self._guard(self.store.write(write))
         if status == "waitingForPause":
             self.pause_requested = True
+
+    async def _guard(self, operation: Awaitable[T]) -> T:
+        """Await a store operation of the run; if it fails, stop the run (Stopped).
+
+        A lost lease means another owner; any other failure (the database is down)
+        must not fail the workflow: the run stops, its lease lapses, and the instance
+        is run again later.
+        """
+        try:
+            return await operation
+        except LeaseLostError:
+            pass
+        except Exception:
+            log.exception("store failure in the run of instance %r; it will be run again", self.claim.id)
+        self.stop()
+        raise Stopped
 
     def stop(self) -> None:
         """The lease is gone: abandon the run without recording anything more."""
@@ -428,7 +445,7 @@ class Run:
         due = record.due_at if record is not None and record.due_at is not None else started_at + timeout
         while True:
             with self._busy():
-                event = await self.store.next_event(self.claim.pk, type_)
+                event = await self._guard(self.store.next_event(self.claim.pk, type_))
                 now = clock.now()
                 if event is not None:
                     result = _event_result(event.type, event.payload_json, event.sent_at)

@@ -44,15 +44,15 @@ class WorkflowStep:
         self._run = run
 
     @overload
-    def do(self, name: str, fn: Callable[..., Any], /, *, retries: Any = None, timeout: Any = None,
+    def do(self, name: str, fn: Callable[..., Any], *, retries: Any = None, timeout: Any = None,
            config: Any = None) -> Awaitable[Any]: ...  # fmt: skip
     @overload
-    def do(self, name: str | None = None, /, *, retries: Any = None, timeout: Any = None,
+    def do(self, name: str | None = None, *, retries: Any = None, timeout: Any = None,
            config: Any = None) -> Callable[[Callable[..., Any]], Callable[[], Awaitable[Any]]]: ...  # fmt: skip
     @overload
-    def do(self, fn: Callable[..., Any], /) -> Callable[[], Awaitable[Any]]: ...
+    def do(self, name: Callable[..., Any], /) -> Callable[[], Awaitable[Any]]: ...
 
-    def do(self, name: Any = None, fn: Any = None, /, *, retries: Any = None, timeout: Any = None,
+    def do(self, name: Any = None, fn: Any = None, *, retries: Any = None, timeout: Any = None,
            config: Any = None) -> Any:  # fmt: skip
         """Run `fn` as a durable step, or (without `fn`) decorate a function into one.
 
