@@ -223,7 +223,7 @@ def path_from_url(url: str) -> str:
 class SqliteStore:
     """The `Store` on one SQLite file."""
 
-    wakeup_poll = 0.25
+    wakeup_poll = 0.1
 
     def __init__(self, url: str, *, synchronous: str = "FULL") -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
@@ -475,18 +475,12 @@ class SqliteStore:
                 claims.append(Claim(pk, workflow, instance_id, params, created_at, token, bool(resumed)))
             if len(claims) >= limit:
                 return ClaimBatch(claims, now)
-            due = conn.execute(
-                f"SELECT wake_at FROM instances WHERE status = 'waiting' AND {of_mine} ORDER BY wake_at LIMIT 1",
-                names,
-            ).fetchone()
-            expiring = conn.execute(
-                f"SELECT lease_expires FROM instances WHERE status IN ('running', 'waitingForPause') "
-                f"AND lease_owner != ? AND {of_mine} ORDER BY lease_expires LIMIT 1",
-                (worker_id, *names),
-            ).fetchone()
-            times = [row[0] for row in (due, expiring) if row is not None and row[0] is not None]
-            return ClaimBatch(claims, min(times) if times else None)
+            return ClaimBatch(claims, _earliest(conn, worker_id, names, queued=False))
 
+        # Look before taking the write lock: an idle poll costs a read, not a write.
+        earliest = await self._read(lambda conn: _earliest(conn, worker_id, names, queued=True))
+        if earliest is None or earliest > now:
+            return ClaimBatch([], earliest)
         return await self._write(claim)
 
     async def load_steps(self, pk: int) -> list[StepRecord]:
@@ -570,6 +564,26 @@ def _find(conn: sqlite3.Connection, workflow: str, instance_id: str, columns: st
     if row is None:
         raise _not_found(workflow, instance_id)
     return tuple(row)
+
+
+def _earliest(conn: sqlite3.Connection, worker_id: str, names: list[str], *, queued: bool) -> float | None:
+    """When something of `names` is next claimable: 0 if queued, a timer, another's lease expiry."""
+    of_mine = f"workflow IN ({_marks(names)})"
+    if (
+        queued
+        and conn.execute(f"SELECT 1 FROM instances WHERE status = 'queued' AND {of_mine} LIMIT 1", names).fetchone()
+    ):
+        return 0.0
+    due = conn.execute(
+        f"SELECT wake_at FROM instances WHERE status = 'waiting' AND {of_mine} ORDER BY wake_at LIMIT 1", names
+    ).fetchone()
+    expiring = conn.execute(
+        f"SELECT lease_expires FROM instances WHERE status IN ('running', 'waitingForPause') "
+        f"AND lease_owner != ? AND {of_mine} ORDER BY lease_expires LIMIT 1",
+        (worker_id, *names),
+    ).fetchone()
+    times = [row[0] for row in (due, expiring) if row is not None and row[0] is not None]
+    return min(times) if times else None
 
 
 def _discard_history(conn: sqlite3.Connection, pk: int, from_step: StepKey | None) -> None:
