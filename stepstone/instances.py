@@ -147,10 +147,10 @@ class Instance:
         """The current status, with the output or error once it has ended."""
         return _status(await self._record())
 
-    async def describe(self) -> InstanceDetail:
-        """Status, params, output or error, and the full step history with every attempt."""
+    async def describe(self, *, steps: bool = True) -> InstanceDetail:
+        """Status, params, output or error, and (unless steps=False) the step history with every attempt."""
         record = await self._record()
-        steps = await self._engine.store.history(record.pk)
+        history = await self._engine.store.history(record.pk) if steps else []
         return InstanceDetail(
             id=record.id,
             workflow=record.workflow,
@@ -163,7 +163,7 @@ class Instance:
             started=_maybe_time(record.started_at),
             ended=_maybe_time(record.ended_at),
             wake=_maybe_time(record.wake_at),
-            steps=[_step_detail(step) for step in steps],
+            steps=[_step_detail(step) for step in history],
         )
 
     async def send_event(self, type: str, payload: JSON = None) -> None:

@@ -27,13 +27,13 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_STATE = 0, 1, 2, 3, 4
 
 
-def _fail(exc: BaseException) -> NoReturn:
+def fail(exc: BaseException) -> NoReturn:
     """Print one clear line on stderr and exit with the code that fits the error."""
     if isinstance(exc, WorkflowNotFoundError | InstanceNotFoundError):
         code = EXIT_NOT_FOUND
     elif isinstance(exc, InvalidStateError | InstanceExistsError):
         code = EXIT_STATE
-    elif isinstance(exc, InvalidInputError):
+    elif isinstance(exc, InvalidInputError | ValueError):
         code = EXIT_USAGE
     else:
         code = EXIT_ERROR
@@ -71,7 +71,7 @@ def _run_worker(app: str, db: str | None, concurrency: int | None) -> None:
         engine.run_worker = True
         asyncio.run(_serve(engine))
     except StepstoneError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -100,6 +100,16 @@ def dev(app: str, db: str | None, concurrency: int | None) -> None:
     """Run APP for development: a worker in this process (SQLite unless --db says otherwise)."""
     _run_worker(app, db, concurrency)
 
+
+def _add_instance_commands() -> None:
+    from stepstone.cli.instances import instances, trigger, workflows
+
+    main.add_command(workflows)
+    main.add_command(instances)
+    main.add_command(trigger)
+
+
+_add_instance_commands()
 
 if __name__ == "__main__":
     with contextlib.suppress(KeyboardInterrupt):

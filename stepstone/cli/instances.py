@@ -1,0 +1,230 @@
+"""Instance commands that need no APP: `workflows`, `instances ...`, `trigger` (like `wrangler workflows`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from stepstone.cli import output
+from stepstone.errors import InvalidInputError, StepstoneError
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+
+def common_options(fn: F) -> F:
+    """--db and --json, accepted after any subcommand."""
+    fn = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(fn)
+    fn = click.option(
+        "--db", metavar="URL", envvar="STEPSTONE_DATABASE_URL", help="Database URL [$STEPSTONE_DATABASE_URL]."
+    )(fn)
+    return fn
+
+
+def run_client(db: str | None, action: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `action(engine)` with a client Engine (no worker) on `db`; errors end the process."""
+    from stepstone.cli import fail
+    from stepstone.engine import Engine
+
+    async def main() -> T:
+        async with Engine(db, worker=False) as engine:
+            return await action(engine)
+
+    try:
+        return asyncio.run(main())
+    except StepstoneError as exc:
+        fail(exc)
+    except OSError as exc:  # the database server is unreachable, a file cannot be opened
+        fail(exc)
+
+
+def parse_json(value: str | None, option: str) -> Any:
+    """The JSON value of an option; a bad one ends the process with exit code 2."""
+    from stepstone.cli import fail
+
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        fail(InvalidInputError(f"invalid {option} {value!r}: not JSON ({exc.msg} at position {exc.pos})"))
+
+
+@click.group()
+def workflows() -> None:
+    """Workflows recorded in the store."""
+
+
+@workflows.command("list")
+@common_options
+def workflows_list(db: str | None, as_json: bool) -> None:
+    """List workflows with their instance counts by status."""
+
+    async def action(engine: Any) -> list[dict[str, Any]]:
+        rows = []
+        for name in await engine.store.workflow_names():
+            rows.append({"name": name, "counts": await engine.store.status_counts(name)})
+        return rows
+
+    output.workflows(run_client(db, action), as_json)
+
+
+@click.group()
+def instances() -> None:
+    """Inspect and steer the instances of a workflow."""
+
+
+@instances.command("list")
+@click.argument("workflow")
+@click.option("--status", help="Only instances of this status.")
+@click.option("--limit", type=int, default=50, show_default=True, help="Instances per page.")
+@click.option("--cursor", help="Continue from a previous page (its next_cursor).")
+@common_options
+def instances_list(
+    workflow: str, status: str | None, limit: int, cursor: str | None, db: str | None, as_json: bool
+) -> None:
+    """List a workflow's instances, newest first."""
+
+    async def action(engine: Any) -> tuple[list[Any], str | None]:
+        handle = engine.workflow(workflow)
+        page = await handle.list(status=status, limit=limit, cursor=cursor)
+        details = [await inst.describe(steps=False) for inst in page]
+        return details, page.next_cursor
+
+    details, next_cursor = run_client(db, action)
+    output.instance_list(details, next_cursor, as_json)
+
+
+def _resolve(engine: Any, workflow: str, instance_id: str) -> Awaitable[Any]:
+    async def find() -> Any:
+        handle = engine.workflow(workflow)
+        if instance_id == "latest":
+            page = await handle.list(limit=1)
+            if not page:
+                from stepstone.errors import InstanceNotFoundError
+
+                raise InstanceNotFoundError(f"workflow {workflow!r} has no instances")
+            return page[0]
+        return await handle.get(instance_id)
+
+    return find()
+
+
+@instances.command("describe")
+@click.argument("workflow")
+@click.argument("instance_id", metavar="ID", default="latest")
+@common_options
+def instances_describe(workflow: str, instance_id: str, db: str | None, as_json: bool) -> None:
+    """Show an instance (ID, or `latest`): status, params, output or error, and its steps."""
+
+    async def action(engine: Any) -> Any:
+        return await (await _resolve(engine, workflow, instance_id)).describe()
+
+    output.instance_detail(run_client(db, action), as_json)
+
+
+def _control(name: str, doc: str) -> None:
+    @instances.command(name, help=doc)
+    @click.argument("workflow")
+    @click.argument("instance_id", metavar="ID")
+    @common_options
+    def command(workflow: str, instance_id: str, db: str | None, as_json: bool) -> None:
+        async def action(engine: Any) -> str:
+            inst = await _resolve(engine, workflow, instance_id)
+            await getattr(inst, name)()
+            if name == "delete":
+                return "deleted"
+            return str((await inst.status()).status)
+
+        status = run_client(db, action)
+        output.done(f"{name}d {workflow}/{instance_id}", {"id": instance_id, "status": status}, as_json)
+
+
+for _name, _doc in (
+    ("pause", "Pause an instance before its next step."),
+    ("resume", "Resume a paused instance."),
+    ("terminate", "Terminate an instance for good."),
+    ("delete", "Delete an instance and its history."),
+):
+    _control(_name, _doc)
+
+
+@instances.command("restart")
+@click.argument("workflow")
+@click.argument("instance_id", metavar="ID")
+@click.option("--from-step", help="Keep the results recorded before this step; run again from it.")
+@click.option("--count", type=int, default=1, show_default=True, help="Occurrence of --from-step.")
+@click.option("--type", "kind", default="do", show_default=True, help="Kind of --from-step: do, sleep, wait_for_event.")
+@common_options
+def instances_restart(
+    workflow: str, instance_id: str, from_step: str | None, count: int, kind: str, db: str | None, as_json: bool
+) -> None:
+    """Run an instance again from the start (or from a step)."""
+
+    async def action(engine: Any) -> str:
+        inst = await _resolve(engine, workflow, instance_id)
+        await inst.restart(from_step=from_step, count=count, type=kind)
+        return str((await inst.status()).status)
+
+    status = run_client(db, action)
+    output.done(f"restarted {workflow}/{instance_id}", {"id": instance_id, "status": status}, as_json)
+
+
+@instances.command("send-event")
+@click.argument("workflow")
+@click.argument("instance_id", metavar="ID")
+@click.argument("event_type", metavar="TYPE", required=False)
+@click.option("--type", "type_option", metavar="TYPE", help="The event type (or give it as the third argument).")
+@click.option("--payload", metavar="JSON", help="The event payload, as JSON.")
+@common_options
+def instances_send_event(
+    workflow: str,
+    instance_id: str,
+    event_type: str | None,
+    type_option: str | None,
+    payload: str | None,
+    db: str | None,
+    as_json: bool,
+) -> None:
+    """Send an event of TYPE to an instance."""
+    from stepstone.cli import fail
+
+    chosen = event_type or type_option
+    if chosen is None:
+        fail(InvalidInputError("missing event type: give TYPE or --type"))
+    value = parse_json(payload, "--payload")
+
+    async def action(engine: Any) -> None:
+        inst = await _resolve(engine, workflow, instance_id)
+        await inst.send_event(chosen, value)
+
+    run_client(db, action)
+    output.done(f"sent {chosen!r} to {workflow}/{instance_id}", {"id": instance_id, "type": chosen}, as_json)
+
+
+@click.command()
+@click.argument("workflow")
+@click.argument("params_argument", metavar="[PARAMS]", required=False)
+@click.option("--params", metavar="JSON", help="The instance's params, as JSON.")
+@click.option("--id", "instance_id", help="The instance id (default: generated).")
+@common_options
+def trigger(
+    workflow: str, params_argument: str | None, params: str | None, instance_id: str | None, db: str | None,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Create an instance of WORKFLOW; prints its id."""
+    value = parse_json(params if params is not None else params_argument, "--params")
+
+    async def action(engine: Any) -> str:
+        inst = await engine.workflow(workflow).create(id=instance_id, params=value)
+        return str(inst.id)
+
+    new_id = run_client(db, action)
+    if as_json:
+        click.echo(json.dumps({"id": new_id, "workflow": workflow, "status": "queued"}))
+    else:
+        click.echo(new_id)

@@ -1,0 +1,104 @@
+"""How the CLI prints: readable tables by default, JSON with --json."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+import click
+
+from stepstone.instances import InstanceDetail
+
+
+def _default(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot print {type(value).__name__} as JSON")
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(value, default=_default, indent=2))
+
+
+def detail_json(detail: InstanceDetail, *, steps: bool = True) -> dict[str, Any]:
+    data = asdict(detail)
+    data["created"] = detail.created
+    if not steps:
+        del data["steps"]
+    return data
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def _when(moment: datetime | None) -> str:
+    return "-" if moment is None else moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def workflows(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table("workflow", "instances", "by status")
+    for row in rows:
+        counts = row["counts"]
+        table.add_row(
+            row["name"], str(sum(counts.values())), ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "-"
+        )
+    _console().print(table)
+
+
+def instance_list(details: list[InstanceDetail], next_cursor: str | None, as_json: bool) -> None:
+    if as_json:
+        print_json([detail_json(d, steps=False) for d in details])
+        return
+    from rich.table import Table
+
+    table = Table("id", "status", "created", "updated")
+    for d in details:
+        table.add_row(d.id, d.status, _when(d.created), _when(d.updated))
+    console = _console()
+    console.print(table)
+    if next_cursor is not None:
+        console.print(f"more: --cursor {next_cursor}")
+
+
+def instance_detail(detail: InstanceDetail, as_json: bool) -> None:
+    if as_json:
+        print_json(detail_json(detail))
+        return
+    from rich.table import Table
+
+    console = _console()
+    console.print(f"[bold]{detail.workflow}/{detail.id}[/bold]  {detail.status}")
+    console.print(f"created {_when(detail.created)}  updated {_when(detail.updated)}")
+    console.print(f"params  {json.dumps(detail.params)}")
+    if detail.output is not None:
+        console.print(f"output  {json.dumps(detail.output)}")
+    if detail.error is not None:
+        console.print(f"error   {detail.error.get('name')}: {detail.error.get('message')}")
+    table = Table("step", "type", "status", "attempts", "started", "due / ended")
+    for step in detail.steps:
+        attempts = ", ".join(
+            f"#{a.attempt} {a.outcome} {(a.ended - a.started).total_seconds() * 1000:.0f} ms"
+            + (f" {a.error['name']}: {a.error['message']}" if a.error else "")
+            for a in step.attempts
+        )
+        label = step.name if step.count == 1 else f"{step.name} #{step.count}"
+        end = _when(step.ended) if step.ended else f"due {_when(step.due)}"
+        table.add_row(label, step.kind, step.status, attempts or "-", _when(step.started), end)
+    console.print(table)
+
+
+def done(message: str, data: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(data)
+    else:
+        click.echo(message)

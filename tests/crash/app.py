@@ -1,0 +1,176 @@
+"""Workflows for the crash tests, whose step bodies leave evidence outside the database.
+
+Every execution of a step body first appends one line to the journal file named by
+$STEPSTONE_CRASH_JOURNAL, written in one `write` and fsynced before the body goes on:
+
+    instance,step,attempt,pid,time
+
+so a test can count how often each body ran, in which process (pid) and when (epoch
+seconds, the engine's clock), even when the process was SIGKILLed right after. Step
+names are unique within each workflow, so (instance, step, attempt) names one attempt.
+
+Also runnable as a stepstone app: `engine` serves these workflows on
+$STEPSTONE_DATABASE_URL (tests/crash/worker_main.py builds its own Engine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from stepstone import Engine, StepContext, Workflow, WorkflowEvent, WorkflowStep
+
+JOURNAL_ENV = "STEPSTONE_CRASH_JOURNAL"
+
+
+def journal(instance: str, step: str, attempt: int) -> int:
+    """Append this execution's line, durably; returns how many lines (instance, step) has now."""
+    path = os.environ[JOURNAL_ENV]
+    line = f"{instance},{step},{attempt},{os.getpid()},{time.time()!r}\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    prefix = f"{instance},{step},"
+    with open(path) as lines:
+        return sum(1 for text in lines if text.startswith(prefix))
+
+
+def journaled(instance: str, step: str, body: Callable[[StepContext], Any]) -> Callable[..., Any]:
+    """A step function (run in a worker thread) that journals each execution, then runs `body`."""
+
+    def fn(ctx: StepContext) -> Any:
+        journal(instance, step, ctx.attempt)
+        return body(ctx)
+
+    return fn
+
+
+def params(event: WorkflowEvent) -> dict[str, Any]:
+    assert isinstance(event.payload, dict), event.payload
+    return event.payload
+
+
+class MultiStep(Workflow):
+    """Quick steps, two of them concurrent, then one slow step for a kill to land in.
+
+    params: {"n": int, "slow": seconds}. Output for n: a = n+1, left = 2a, right = 3a,
+    slow = left+right, c = 10*slow.
+    """
+
+    name = "crash-multistep"
+
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        p, me = params(event), event.instance_id
+        a = await step.do("a", journaled(me, "a", lambda ctx: p["n"] + 1))
+        left, right = await asyncio.gather(
+            step.do("left", journaled(me, "left", lambda ctx: 2 * a)),
+            step.do("right", journaled(me, "right", lambda ctx: 3 * a)),
+        )
+
+        def slow(ctx: StepContext) -> int:
+            time.sleep(p["slow"])
+            return int(left + right)
+
+        total = await step.do("slow", journaled(me, "slow", slow))
+        c = await step.do("c", journaled(me, "c", lambda ctx: 10 * total))
+        return {"a": a, "left": left, "right": right, "slow": total, "c": c}
+
+
+class Sleeper(Workflow):
+    """A step, a durable sleep, a step that reports when it ran.
+
+    params: {"nap": seconds}. Output: {"before": "awake", "woke_at": epoch seconds}.
+    """
+
+    name = "crash-sleeper"
+
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        p, me = params(event), event.instance_id
+        before = await step.do("before", journaled(me, "before", lambda ctx: "awake"))
+        await step.sleep("nap", p["nap"])
+        woke_at = await step.do("after", journaled(me, "after", lambda ctx: time.time()))
+        return {"before": before, "woke_at": woke_at}
+
+
+class Retrier(Workflow):
+    """A step that fails its first `failures` attempts, retried after a constant `delay`.
+
+    params: {"failures": int, "delay": seconds}. Output: {"flaky": failures+1, "after": failures+101}.
+    """
+
+    name = "crash-retrier"
+
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        p, me = params(event), event.instance_id
+
+        def flaky(ctx: StepContext) -> int:
+            if ctx.attempt <= p["failures"]:
+                raise RuntimeError(f"attempt {ctx.attempt} fails on purpose")
+            return ctx.attempt
+
+        retries = {"limit": p["failures"] + 2, "delay": p["delay"], "backoff": "constant"}
+        attempts = await step.do("flaky", journaled(me, "flaky", flaky), retries=retries)
+        after = await step.do("after", journaled(me, "after", lambda ctx: attempts + 100))
+        return {"flaky": attempts, "after": after}
+
+
+class Approval(Workflow):
+    """A step, a wait for an `approve` event, a step that uses the event.
+
+    params: {"tag": str}; event payload: {"by": str}.
+    Output: {"before": TAG, "event": payload, "after": "TAG approved by BY"}.
+    """
+
+    name = "crash-approval"
+
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        p, me = params(event), event.instance_id
+        before = await step.do("before", journaled(me, "before", lambda ctx: p["tag"].upper()))
+        approval = await step.wait_for_event("approval", type="approve", timeout="1 hour")
+        payload = approval.payload
+        assert isinstance(payload, dict), payload
+        after = await step.do("after", journaled(me, "after", lambda ctx: f"{before} approved by {payload['by']}"))
+        return {"before": before, "event": payload, "after": after}
+
+
+class Suicide(Workflow):
+    """A step whose body, the first time it runs, SIGKILLs its own worker as it returns.
+
+    The kill is armed in another thread (`threading.Timer(0, ...)`) just before the body
+    returns, so it races the engine recording the result: the signal almost always lands
+    while the result travels from the step thread to the store (the body then ran once
+    but nothing was recorded, and the next worker runs it again), but on a slow machine
+    the commit may win (the result is recorded, and the body never runs again). Either
+    way the worker dies, and the tests accept both outcomes. Later executions of the
+    body (it has a journal line already) do not kill.
+
+    params: {}. Output: {"before": 1, "fatal": 2, "after": 3}.
+    """
+
+    name = "crash-suicide"
+
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        me = event.instance_id
+        before = await step.do("before", journaled(me, "before", lambda ctx: 1))
+
+        def fatal(ctx: StepContext) -> int:
+            if journal(me, "fatal", ctx.attempt) == 1:
+                threading.Timer(0, os.kill, (os.getpid(), signal.SIGKILL)).start()
+            return int(before + 1)
+
+        value = await step.do("fatal", fatal)
+        after = await step.do("after", journaled(me, "after", lambda ctx: value + 1))
+        return {"before": before, "fatal": value, "after": after}
+
+
+WORKFLOWS: list[type[Workflow]] = [MultiStep, Sleeper, Retrier, Approval, Suicide]
+
+engine = Engine(workflows=WORKFLOWS)
