@@ -135,6 +135,8 @@ class Run:
         self.pause_requested = False
         self.suspend_blocks: list[_Block] | None = None
         self.stopped = False
+        self.ending = False
+        """Set once the run records how it ends (its lease is then given up on purpose)."""
         self._task: asyncio.Task[Any] | None = None
 
     # -- the run as a whole -----------------------------------------------------------------
@@ -190,6 +192,7 @@ class Run:
         wake_at: float | None = None,
         wait_types: list[str] | None = None,
     ) -> Status | None:
+        self.ending = True
         write = RunWrite(
             self.claim.pk,
             self.claim.token,

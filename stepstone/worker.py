@@ -155,7 +155,10 @@ class Worker:
                 now = clock.now()
                 if tokens:
                     for pk in await self.store.renew_leases(self.id, tokens, now + self.lease_seconds):
-                        log.warning("lost the lease of instance %s; abandoning its run", pk)
+                        active = self.active.get(pk)
+                        if active is None or active.run is None or active.run.ending:
+                            continue  # ended meanwhile: it gave its lease up
+                        log.warning("lost the lease of instance %r; abandoning its run", active.claim.id)
                         self.revoke(pk)
                 await self.store.worker_seen(self.id, self.host, os.getpid(), now)
                 await self._reap_dead_neighbours()

@@ -223,7 +223,7 @@ def path_from_url(url: str) -> str:
 class SqliteStore:
     """The `Store` on one SQLite file."""
 
-    wakeup_poll = 0.1
+    wakeup_poll = 0.2
 
     def __init__(self, url: str, *, synchronous: str = "FULL") -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
@@ -431,38 +431,31 @@ class SqliteStore:
         names = list(workflows)
         if not names:
             return ClaimBatch([], None)
-        of_mine = f"workflow IN ({_marks(names)})"
 
         def claim(conn: sqlite3.Connection) -> ClaimBatch:
             # A pause asked while a step ran takes effect when that step ends; a dead
             # worker's step has ended.
             conn.execute(
                 "UPDATE instances SET status = 'paused', paused_status = 'queued', lease_owner = NULL, "
-                f"lease_expires = NULL, updated_at = ? WHERE status = 'waitingForPause' AND lease_expires < ? "
-                f"AND {of_mine}",
+                "lease_expires = NULL, updated_at = ? WHERE status = 'waitingForPause' AND lease_expires < ? "
+                f"AND workflow IN ({_marks(names)})",
                 (now, now, *names),
             )
             picked: list[tuple[int, bool]] = []
-            for sql, args in (
-                # Waking instances go first, then those whose worker died, then new ones.
-                (
-                    f"SELECT pk, 1 FROM instances WHERE status = 'waiting' AND wake_at <= ? AND {of_mine} "
-                    "ORDER BY wake_at LIMIT ?",
-                    (now, *names),
-                ),
-                (
-                    f"SELECT pk, 1 FROM instances WHERE status = 'running' AND lease_expires < ? AND {of_mine} "
-                    "ORDER BY lease_expires LIMIT ?",
-                    (now, *names),
-                ),
-                (
-                    "SELECT pk, started_at IS NOT NULL FROM instances WHERE status = 'queued' "
-                    f"AND {of_mine} ORDER BY pk LIMIT ?",
-                    tuple(names),
-                ),
+            # Waking instances go first, then those whose worker died, then new ones. Each
+            # query runs per workflow, so that it walks one index range in order.
+            for sql in (
+                "SELECT wake_at, pk, 1 FROM instances WHERE status = 'waiting' AND workflow = ? AND wake_at <= ? "
+                "ORDER BY wake_at LIMIT ?",
+                "SELECT lease_expires, pk, 1 FROM instances WHERE status = 'running' AND workflow = ? "
+                "AND lease_expires < ? ORDER BY lease_expires LIMIT ?",
+                "SELECT pk, pk, started_at IS NOT NULL FROM instances WHERE status = 'queued' AND workflow = ? "
+                "AND ? IS NOT NULL ORDER BY pk LIMIT ?",
             ):
-                if len(picked) < limit:
-                    picked += conn.execute(sql, (*args, limit - len(picked))).fetchall()
+                wanted = limit - len(picked)
+                if wanted > 0:
+                    rows = [row for name in names for row in conn.execute(sql, (name, now, wanted))]
+                    picked += [(pk, bool(resumed)) for _, pk, resumed in sorted(rows)[:wanted]]
             claims = []
             for pk, resumed in picked:
                 row = conn.execute(
@@ -472,7 +465,7 @@ class SqliteStore:
                     (worker_id, lease_until, now, now, pk),
                 ).fetchone()
                 workflow, instance_id, params, created_at, token = row
-                claims.append(Claim(pk, workflow, instance_id, params, created_at, token, bool(resumed)))
+                claims.append(Claim(pk, workflow, instance_id, params, created_at, token, resumed))
             if len(claims) >= limit:
                 return ClaimBatch(claims, now)
             return ClaimBatch(claims, _earliest(conn, worker_id, names, queued=False))
@@ -568,21 +561,28 @@ def _find(conn: sqlite3.Connection, workflow: str, instance_id: str, columns: st
 
 def _earliest(conn: sqlite3.Connection, worker_id: str, names: list[str], *, queued: bool) -> float | None:
     """When something of `names` is next claimable: 0 if queued, a timer, another's lease expiry."""
-    of_mine = f"workflow IN ({_marks(names)})"
-    if (
-        queued
-        and conn.execute(f"SELECT 1 FROM instances WHERE status = 'queued' AND {of_mine} LIMIT 1", names).fetchone()
-    ):
-        return 0.0
-    due = conn.execute(
-        f"SELECT wake_at FROM instances WHERE status = 'waiting' AND {of_mine} ORDER BY wake_at LIMIT 1", names
-    ).fetchone()
-    expiring = conn.execute(
-        f"SELECT lease_expires FROM instances WHERE status IN ('running', 'waitingForPause') "
-        f"AND lease_owner != ? AND {of_mine} ORDER BY lease_expires LIMIT 1",
-        (worker_id, *names),
-    ).fetchone()
-    times = [row[0] for row in (due, expiring) if row is not None and row[0] is not None]
+    times = []
+    for name in names:
+        if (
+            queued
+            and conn.execute(
+                "SELECT 1 FROM instances WHERE status = 'queued' AND workflow = ? LIMIT 1", (name,)
+            ).fetchone()
+        ):
+            return 0.0
+        for row in (
+            conn.execute(
+                "SELECT wake_at FROM instances WHERE status = 'waiting' AND workflow = ? ORDER BY wake_at LIMIT 1",
+                (name,),
+            ).fetchone(),
+            conn.execute(
+                "SELECT lease_expires FROM instances WHERE status IN ('running', 'waitingForPause') "
+                "AND workflow = ? AND lease_owner != ? ORDER BY lease_expires LIMIT 1",
+                (name, worker_id),
+            ).fetchone(),
+        ):
+            if row is not None and row[0] is not None:
+                times.append(row[0])
     return min(times) if times else None
 
 

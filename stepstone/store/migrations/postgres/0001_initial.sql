@@ -29,9 +29,10 @@ CREATE TABLE instances (
 );
 CREATE INDEX instances_by_workflow ON instances (workflow, pk);
 CREATE INDEX instances_by_status ON instances (workflow, status, pk);
-CREATE INDEX instances_queued ON instances (pk) WHERE status = 'queued';
-CREATE INDEX instances_due ON instances (wake_at) WHERE status = 'waiting';
-CREATE INDEX instances_leased ON instances (lease_expires) WHERE status IN ('running', 'waitingForPause');
+-- The worker's queues, one range per workflow: due timers and leases (to spot expiry);
+-- queued instances are found through instances_by_status.
+CREATE INDEX instances_due ON instances (workflow, wake_at) WHERE status = 'waiting';
+CREATE INDEX instances_leased ON instances (workflow, lease_expires) WHERE status IN ('running', 'waitingForPause');
 CREATE INDEX instances_owner ON instances (lease_owner) WHERE lease_owner IS NOT NULL;
 
 CREATE TABLE steps (
