@@ -15,6 +15,7 @@ from stepstone.errors import (
     WorkflowNotFoundError,
 )
 from stepstone.instances import Instance, InstanceDetail, InstanceList, InstanceStatus, WorkflowHandle
+from stepstone.retention import Retention
 from stepstone.retries import Retries, StepConfig
 from stepstone.serialization import Limits
 from stepstone.step import StepContext, StepInfo, WorkflowStep
@@ -36,6 +37,7 @@ __all__ = [
     "LimitExceededError",
     "Limits",
     "NonRetryableError",
+    "Retention",
     "Retries",
     "StepConfig",
     "StepContext",

@@ -13,6 +13,7 @@ from stepstone import clock
 from stepstone import store as stores
 from stepstone.errors import InvalidInputError, StepstoneError, WorkflowNotFoundError
 from stepstone.instances import WorkflowHandle
+from stepstone.retention import Retention
 from stepstone.serialization import Limits
 from stepstone.store.base import Store
 from stepstone.worker import Worker
@@ -34,7 +35,11 @@ class Engine:
     """The entry point: `async with Engine(url, workflows=[...]) as engine: ...`.
 
     `worker=False` gives a client that only creates and manages instances, while
-    separate `stepstone worker` processes run them.
+    separate `stepstone worker` processes run them. `concurrency`: instances this
+    worker runs at once. `lease_seconds`: how long a silent worker keeps its instances
+    before others take them over. `retention`: how long finished instances are kept.
+    SQLite takes `synchronous="NORMAL"` (faster; a power loss may lose the last
+    commits); PostgreSQL takes `schema=` (default "stepstone").
     """
 
     def __init__(
@@ -46,6 +51,7 @@ class Engine:
         concurrency: int = 100,
         limits: Limits | None = None,
         lease_seconds: float = 30.0,
+        retention: Retention | None = None,
         **store_options: Any,
     ) -> None:
         self.url = resolve_url(url)
@@ -59,12 +65,15 @@ class Engine:
             raise InvalidInputError(f"invalid concurrency {concurrency!r}: expected an integer >= 1")
         if not isinstance(lease_seconds, int | float) or lease_seconds <= 0:
             raise InvalidInputError(f"invalid lease_seconds {lease_seconds!r}: expected a positive number")
+        if retention is not None and not isinstance(retention, Retention):
+            raise InvalidInputError(f"invalid retention {retention!r}: expected stepstone.Retention")
         if limits is not None and not isinstance(limits, Limits):
             raise InvalidInputError(f"invalid limits {limits!r}: expected stepstone.Limits")
         self.run_worker = worker
         self.concurrency = concurrency
         self.limits = limits or Limits()
         self.lease_seconds = float(lease_seconds)
+        self.retention = retention
         self._store_options = store_options
         self._store: Store | None = None
         self._worker: Worker | None = None
@@ -107,6 +116,7 @@ class Engine:
                     limits=self.limits,
                     executor=self._executor,
                     on_change=self._notify_change,
+                    retention=self.retention,
                 )
                 await self._worker.start()
         except BaseException:

@@ -18,8 +18,9 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
-from stepstone import clock
+from stepstone import clock, retention
 from stepstone.replay import Run
+from stepstone.retention import Retention
 from stepstone.serialization import Limits
 from stepstone.store.base import Claim, Store
 from stepstone.workflow import Workflow
@@ -67,6 +68,8 @@ class Worker:
         limits: Limits,
         executor: Executor,
         on_change: Callable[[], None],
+        retention: Retention | None = None,
+        prune_every: float = 60.0,
     ) -> None:
         self.store = store
         self.workflows = workflows
@@ -75,6 +78,8 @@ class Worker:
         self.limits = limits
         self.executor = executor
         self.on_change = on_change
+        self.retention = retention
+        self.prune_every = prune_every
         self.host = host_identity()
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.active: dict[int, _Active] = {}
@@ -147,8 +152,15 @@ class Worker:
                         await self._wakeup.wait()
 
     async def _heartbeat_loop(self) -> None:
-        interval = self.lease_seconds / 3
+        interval = min(self.lease_seconds / 3, self.prune_every)
+        last_prune = 0.0
         while True:
+            try:
+                if self.retention is not None and clock.now() - last_prune >= self.prune_every:
+                    last_prune = clock.now()
+                    await retention.prune(self.store, sorted(self.workflows), self.retention)
+            except Exception:
+                log.exception("pruning finished instances failed; retrying in %s s", self.prune_every)
             await asyncio.sleep(interval)
             try:
                 tokens = {pk: a.claim.token for pk, a in self.active.items()}

@@ -242,6 +242,9 @@ class Store(Protocol):
     async def delete(self, workflow: str, instance_id: str) -> None:
         """Remove the instance, its steps and events. Raises InstanceNotFoundError."""
 
+    async def prune(self, workflows: Sequence[str], status: str, ended_before: float, limit: int) -> int:
+        """Delete up to `limit` instances of `workflows` in `status` that ended before `ended_before`."""
+
     # -- workers ----------------------------------------------------------------------
 
     async def claim(

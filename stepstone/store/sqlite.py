@@ -423,6 +423,21 @@ class SqliteStore:
 
         await self._write(delete)
 
+    async def prune(self, workflows: Sequence[str], status: str, ended_before: float, limit: int) -> int:
+        def prune(conn: sqlite3.Connection) -> int:
+            removed = 0
+            for name in workflows:
+                removed += conn.execute(
+                    "DELETE FROM instances WHERE pk IN (SELECT pk FROM instances WHERE workflow = ? AND status = ? "
+                    "AND ended_at < ? ORDER BY ended_at LIMIT ?)",
+                    (name, status, ended_before, limit - removed),
+                ).rowcount
+                if removed >= limit:
+                    break
+            return removed
+
+        return await self._write(prune)
+
     # -- workers --------------------------------------------------------------------------
 
     async def claim(
