@@ -64,6 +64,13 @@ T = TypeVar("T")
 _SETTLE_TURNS = 3
 
 
+class Suspend(BaseException):
+    """Raised in every blocked branch when the run suspends, so that `run()` unwinds.
+
+    A BaseException so that user code's `except Exception` cannot swallow it.
+    """
+
+
 class Stopped(BaseException):
     """The run lost its lease (taken over, terminated, restarted, deleted): stop silently.
 
@@ -96,6 +103,13 @@ def _wants_ctx(fn: Callable[..., Any]) -> bool:
     if code is not None:
         _wants_ctx_cache[code] = wants
     return wants
+
+
+def _first_leaf(exc: BaseException | None) -> BaseException | None:
+    """The exception itself, or the first one inside an exception group (asyncio.TaskGroup)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _event_result(type_: str, payload_json: str, sent_at: float) -> str:
@@ -138,6 +152,8 @@ class Run:
         self.ending = False
         """Set once the run records how it ends (its lease is then given up on purpose)."""
         self._task: asyncio.Task[Any] | None = None
+        self._branches: set[asyncio.Task[Any]] = set()
+        self._event_locks: dict[str, asyncio.Lock] = {}
 
     # -- the run as a whole -----------------------------------------------------------------
 
@@ -158,29 +174,43 @@ class Run:
         except asyncio.CancelledError:
             self._task.cancel()
             await asyncio.wait([self._task])
+            self._cancel_branches()
             if not self.stopped:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._end("queued"))
             raise
+        self._cancel_branches()
         if self.stopped:
             return None
-        if self.suspend_blocks is not None:
-            return await self._suspend_write(self.suspend_blocks)
-        try:
-            output = self._task.result()
-        except StepFailed as exc:
-            return await self._end("errored", error={"name": exc.error_type, "message": exc.message, "step": exc.step})
-        except Stopped:
-            return None
-        except asyncio.CancelledError:
+        if self._task.cancelled():
             return await self._end("errored", error={"name": "CancelledError", "message": "run() was cancelled"})
-        except Exception as exc:
-            return await self._end("errored", error={"name": error_type_name(exc), "message": str(exc)})
+        failure = _first_leaf(self._task.exception())
+        if isinstance(failure, Suspend) and self.suspend_blocks is not None:
+            return await self._suspend_write(self.suspend_blocks)
+        if isinstance(failure, Stopped):
+            return None
+        if isinstance(failure, StepFailed):
+            error = {"name": failure.error_type, "message": failure.message, "step": failure.step}
+            return await self._end("errored", error=error)
+        if failure is not None:
+            return await self._end("errored", error={"name": error_type_name(failure), "message": str(failure)})
         try:
-            output_json = serialization.dumps(output, what=f"output of workflow {self.claim.workflow!r}")
+            output_json = serialization.dumps(self._task.result(), what=f"output of workflow {self.claim.workflow!r}")
         except TypeError as exc:
             return await self._end("errored", error={"name": "TypeError", "message": str(exc)})
         return await self._end("complete", output_json=output_json)
+
+    def _track_branch(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._branches.add(task)
+
+    def _cancel_branches(self) -> None:
+        """Cancel tasks the run started that outlived it (a gather sibling of a failed step)."""
+        for task in self._branches:
+            if task is not self._task and not task.done():
+                task.cancel()
+        self._branches.clear()
 
     async def _end(
         self,
@@ -266,25 +296,30 @@ class Run:
     async def _block(
         self, key: StepKey, wake_at: float | None, write: StepWrite | None, wait_type: str | None = None
     ) -> None:
-        """Wait until `wake_at` (or a poke), unless the run suspends first (then: cancelled)."""
+        """Wait until `wake_at` (or a poke); raises Suspend if the run suspends first."""
         block = _Block(wake_at, write, wait_type)
         self.blocked[key] = block
         self._maybe_suspend()
         try:
             timeout = None if wake_at is None else max(0.0, wake_at - clock.now())
             await asyncio.wait([block.wakeup], timeout=timeout)
+            if block.wakeup.done():
+                block.wakeup.result()  # raises Suspend
         finally:
             self.blocked.pop(key, None)
 
     def _maybe_suspend(self, turn: int = 0) -> None:
-        if self.suspend_blocks is not None or self.stopped or not self.blocked or self.inflight:
+        """Suspend once every branch is blocked and no step runs, after letting the loop settle."""
+        if self.suspend_blocks is not None or self.stopped or self.inflight or not self.blocked:
             return
+        if any(block.wakeup.done() for block in self.blocked.values()):
+            return  # a branch was poked awake
         if turn < _SETTLE_TURNS:
             asyncio.get_running_loop().call_soon(self._maybe_suspend, turn + 1)
             return
         self.suspend_blocks = list(self.blocked.values())
-        assert self._task is not None
-        self._task.cancel()
+        for block in self.suspend_blocks:
+            block.wakeup.set_exception(Suspend())
 
     @contextlib.contextmanager
     def _busy(self) -> Iterator[None]:
@@ -328,6 +363,7 @@ class Run:
         return self._do(self._next_key("do", name), fn, config)
 
     async def _do(self, key: StepKey, fn: Callable[..., Any], config: StepConfig) -> Any:
+        self._track_branch()
         record = self.records.get(key)
         if record is not None and record.status == "complete":
             return serialization.loads(record.result_json)
@@ -417,6 +453,7 @@ class Run:
         return self._sleep(self._next_key("sleep", name), seconds, until)
 
     async def _sleep(self, key: StepKey, seconds: float | None, until: float | None) -> None:
+        self._track_branch()
         record = self.records.get(key)
         if record is not None and record.status == "complete":
             return
@@ -435,6 +472,7 @@ class Run:
         return self._wait_for_event(self._next_key("wait_for_event", name), type_, timeout)
 
     async def _wait_for_event(self, key: StepKey, type_: str, timeout: float) -> Event:
+        self._track_branch()
         record = self.records.get(key)
         if record is not None and record.status == "complete" and record.result_json is not None:
             return _event_from_result(record.result_json)
@@ -446,35 +484,30 @@ class Run:
                 await self._block(key, None, None)
         started_at = record.started_at if record is not None else clock.now()
         due = record.due_at if record is not None and record.due_at is not None else started_at + timeout
+        lock = self._event_locks.setdefault(type_, asyncio.Lock())
         while True:
+            # Two waits for one type in this run must not take the same event: one at a time.
             with self._busy():
-                event = await self._guard(self.store.next_event(self.claim.pk, type_))
-                now = clock.now()
-                if event is not None:
-                    result = _event_result(event.type, event.payload_json, event.sent_at)
-                    await self._commit(
-                        [
-                            StepWrite(
-                                key, "complete", started_at, result, due_at=due, ended_at=now, consume_event=event.seq
-                            )
-                        ]
-                    )
-                    return Event(event.type, serialization.loads(event.payload_json), to_datetime(event.sent_at))
-                if now >= due:
-                    timed_out = WaitTimeout(key.name, message=f"no {type_!r} event arrived for step {key.name!r}")
-                    await self._commit(
-                        [
-                            StepWrite(
-                                key,
-                                "failed",
-                                started_at,
-                                None,
-                                timed_out.error_type,
-                                timed_out.message,
-                                due_at=due,
-                                ended_at=now,
-                            )
-                        ]
-                    )
-                    raise timed_out
+                async with lock:
+                    event = await self._take_event(key, type_, started_at, due)
+            if event is not None:
+                return event
             await self._block(key, due, StepWrite(key, "waiting", started_at, due_at=due), wait_type=type_)
+
+    async def _take_event(self, key: StepKey, type_: str, started_at: float, due: float) -> Event | None:
+        """Take the first kept event of `type_` for this wait (recorded); WaitTimeout once overdue."""
+        event = await self._guard(self.store.next_event(self.claim.pk, type_))
+        now = clock.now()
+        if event is not None:
+            result = _event_result(event.type, event.payload_json, event.sent_at)
+            taken = StepWrite(key, "complete", started_at, result, due_at=due, ended_at=now, consume_event=event.seq)
+            await self._commit([taken])
+            return Event(event.type, serialization.loads(event.payload_json), to_datetime(event.sent_at))
+        if now < due:
+            return None
+        timed_out = WaitTimeout(key.name, message=f"no {type_!r} event arrived for step {key.name!r}")
+        failed = StepWrite(
+            key, "failed", started_at, None, timed_out.error_type, timed_out.message, due_at=due, ended_at=now
+        )
+        await self._commit([failed])
+        raise timed_out
