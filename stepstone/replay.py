@@ -105,6 +105,11 @@ def _wants_ctx(fn: Callable[..., Any]) -> bool:
     return wants
 
 
+def _printable(message: str) -> str:
+    """An error message as stored: NUL characters (which PostgreSQL text refuses) written as \\x00."""
+    return message.replace("\x00", "\\x00")
+
+
 def _first_leaf(exc: BaseException | None) -> BaseException | None:
     """The exception itself, or the first one inside an exception group (asyncio.TaskGroup)."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
@@ -193,7 +198,8 @@ class Run:
             error = {"name": failure.error_type, "message": failure.message, "step": failure.step}
             return await self._end("errored", error=error)
         if failure is not None:
-            return await self._end("errored", error={"name": error_type_name(failure), "message": str(failure)})
+            error = {"name": error_type_name(failure), "message": _printable(str(failure))}
+            return await self._end("errored", error=error)
         try:
             output_json = serialization.dumps(self._task.result(), what=f"output of workflow {self.claim.workflow!r}")
         except TypeError as exc:
@@ -334,8 +340,8 @@ class Run:
     # -- steps ------------------------------------------------------------------------------
 
     def _next_key(self, kind: StepKind, name: object) -> StepKey:
-        if not isinstance(name, str) or not name:
-            raise InvalidInputError(f"invalid step name {name!r}: expected a non-empty string")
+        if not isinstance(name, str) or not name or "\x00" in name:
+            raise InvalidInputError(f"invalid step name {name!r}: expected a non-empty string without NUL characters")
         if len(name) > self.limits.max_step_name:
             raise LimitExceededError(
                 f"step name {name[:40]!r}... is {len(name)} characters; limit is "
@@ -413,7 +419,7 @@ class Run:
                         ]
                     )
                     return json.loads(text)
-                error_type, message = error_type_name(error), str(error)
+                error_type, message = error_type_name(error), _printable(str(error))
                 outcome: Outcome = "timeout" if isinstance(error, StepTimeoutError) else "error"
                 attempts.append(Attempt(attempt, began, ended, outcome, error_type, message))
                 if final:

@@ -67,6 +67,6 @@ def check_class(cls: object) -> type[Workflow]:
     if not (isinstance(cls, type) and issubclass(cls, Workflow)):
         raise InvalidInputError(f"invalid workflow {cls!r}: expected a subclass of stepstone.Workflow")
     name = cls.name
-    if not isinstance(name, str) or not name or len(name) > 256:
-        raise InvalidInputError(f"invalid workflow name {name!r}: expected 1 to 256 characters")
+    if not isinstance(name, str) or not name or len(name) > 256 or "\x00" in name:
+        raise InvalidInputError(f"invalid workflow name {name!r}: expected 1 to 256 characters, without NUL")
     return cls
