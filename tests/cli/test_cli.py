@@ -1,0 +1,152 @@
+"""The `stepstone` command line, run as a real subprocess against both stores (SPEC §5)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stepstone import Engine
+
+from .app import Greeter
+
+APP = str(Path(__file__).with_name("app.py"))
+STEPSTONE = [sys.executable, "-m", "stepstone"]
+
+
+def cli(*args: str, url: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "STEPSTONE_DATABASE_URL": url}
+    result = subprocess.run([*STEPSTONE, *args], capture_output=True, text=True, env=env, timeout=60)
+    if check and result.returncode != 0:
+        raise AssertionError(f"stepstone {' '.join(args)} exited {result.returncode}: {result.stderr}")
+    return result
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int) -> None:
+    assert result.returncode == code, result
+    assert result.stderr.startswith("error: "), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+async def registered(store_url: str) -> str:
+    """A store in which an Engine has recorded the `greeter` workflow."""
+    async with Engine(store_url, workflows=[Greeter], worker=False):
+        pass
+    return store_url
+
+
+@pytest.fixture
+def worker(registered: str) -> Iterator[subprocess.Popen[str]]:
+    process = subprocess.Popen(
+        [*STEPSTONE, "worker", APP, "--db", registered],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "STEPSTONE_DATABASE_URL": registered},
+    )
+    assert process.stderr is not None
+    line = process.stderr.readline()
+    assert "ready" in line, line
+    yield process
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+    process.stderr.close()
+
+
+def wait_for_status(url: str, instance_id: str, status: str, timeout: float = 20) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        described = cli("instances", "describe", "greeter", instance_id, "--json", url=url)
+        detail: dict[str, Any] = json.loads(described.stdout)
+        if detail["status"] == status or time.monotonic() > deadline:
+            assert detail["status"] == status, detail
+            return detail
+        time.sleep(0.05)
+
+
+def test_version_and_help() -> None:
+    assert subprocess.run([*STEPSTONE, "--version"], capture_output=True, text=True).stdout.startswith("stepstone")
+    helped = subprocess.run([*STEPSTONE, "--help"], capture_output=True, text=True)
+    for command in ("worker", "dev", "instances", "workflows", "trigger"):
+        assert command in helped.stdout
+
+
+def test_trigger_then_a_worker_runs_the_instance_to_completion(registered: str, worker: subprocess.Popen[str]) -> None:
+    new_id = cli("trigger", "greeter", "--params", '{"who": "ana"}', "--id", "g-1", url=registered).stdout.strip()
+    assert new_id == "g-1"
+    wait_for_status(registered, "g-1", "waiting")
+    cli("instances", "send-event", "greeter", "g-1", "reply", "--payload", '"hi back"', url=registered)
+    detail = wait_for_status(registered, "g-1", "complete")
+    assert detail["output"] == {"greeting": "hello ana", "reply": "hi back"}
+    assert detail["params"] == {"who": "ana"}
+    assert [(s["name"], s["kind"], s["status"]) for s in detail["steps"]] == [
+        ("greet", "do", "complete"),
+        ("reply", "wait_for_event", "complete"),
+    ]
+    assert detail["steps"][0]["attempts"][0]["outcome"] == "ok"
+
+
+def test_worker_stops_cleanly_on_sigterm(worker: subprocess.Popen[str]) -> None:
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=10) == 0
+
+
+def test_trigger_generates_an_id_and_lists_show_it(registered: str) -> None:
+    new_id = cli("trigger", "greeter", '{"who": "bo"}', url=registered).stdout.strip()
+    listed = json.loads(cli("instances", "list", "greeter", "--json", url=registered).stdout)
+    assert [(row["id"], row["workflow"], row["status"]) for row in listed] == [(new_id, "greeter", "queued")]
+    assert "created" in listed[0]
+    workflows = json.loads(cli("workflows", "list", "--json", url=registered).stdout)
+    assert workflows == [{"name": "greeter", "counts": {"queued": 1}}]
+    latest = json.loads(cli("instances", "describe", "greeter", "latest", "--json", url=registered).stdout)
+    assert latest["id"] == new_id
+    assert {"id", "status", "params", "output", "error", "steps"} <= set(latest)
+
+
+def test_lifecycle_commands_and_their_exit_codes(registered: str) -> None:
+    cli("trigger", "greeter", "--params", '{"who": "cy"}', "--id", "c-1", url=registered)
+    paused = json.loads(cli("instances", "pause", "greeter", "c-1", "--json", url=registered).stdout)
+    assert paused == {"id": "c-1", "status": "paused"}
+    assert_one_line_error(cli("instances", "pause", "greeter", "c-1", url=registered, check=False), 4)
+    cli("instances", "resume", "greeter", "c-1", url=registered)
+    cli("instances", "terminate", "greeter", "c-1", url=registered)
+    assert_one_line_error(cli("instances", "send-event", "greeter", "c-1", "reply", url=registered, check=False), 4)
+    restarted = json.loads(cli("instances", "restart", "greeter", "c-1", "--json", url=registered).stdout)
+    assert restarted["status"] == "queued"
+    cli("instances", "delete", "greeter", "c-1", url=registered)
+    assert_one_line_error(cli("instances", "describe", "greeter", "c-1", url=registered, check=False), 3)
+
+
+def test_user_errors_are_one_line_with_meaningful_exit_codes(registered: str) -> None:
+    assert_one_line_error(cli("trigger", "nope", url=registered, check=False), 3)
+    assert_one_line_error(cli("trigger", "greeter", "--params", "{bad", url=registered, check=False), 2)
+    assert_one_line_error(cli("trigger", "greeter", "--id", "-bad id", url=registered, check=False), 2)
+    cli("trigger", "greeter", "--id", "dup", url=registered)
+    assert_one_line_error(cli("trigger", "greeter", "--id", "dup", url=registered, check=False), 4)
+    assert_one_line_error(cli("instances", "list", "greeter", "--status", "sleepy", url=registered, check=False), 2)
+    assert_one_line_error(cli("instances", "describe", "greeter", "missing", url=registered, check=False), 3)
+
+
+def test_app_forms_and_bad_apps(registered: str, tmp_path: Path) -> None:
+    assert_one_line_error(cli("worker", str(tmp_path / "missing.py"), url=registered, check=False), 2)
+    assert_one_line_error(cli("worker", f"{APP}:nothing", url=registered, check=False), 2)
+    assert_one_line_error(cli("worker", "no_such_module_here", url=registered, check=False), 2)
+    for app in (f"{APP}:other", "tests.cli.app:engine", "tests.cli.app"):
+        process = subprocess.Popen([*STEPSTONE, "worker", app, "--db", registered], stderr=subprocess.PIPE, text=True)
+        assert process.stderr is not None
+        try:
+            assert "ready" in process.stderr.readline()
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=10) == 0
+            process.stderr.close()
