@@ -83,7 +83,9 @@ class Worker:
         self.host = host_identity()
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.active: dict[int, _Active] = {}
-        self._wakeup = asyncio.Event()
+        self._woken = False
+        self._wakeup: asyncio.Future[None] | None = None
+        self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -95,21 +97,39 @@ class Worker:
             asyncio.create_task(self._heartbeat_loop(), name="stepstone-heartbeat"),
         ]
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 10.0) -> None:
         """Stop claiming; hand running instances back so another worker can take them at once."""
-        for task in self._tasks:
-            task.cancel()
+        self._stopping = True
+        self.wake()
+        if self._tasks:
+            claim_loop, heartbeat = self._tasks
+            heartbeat.cancel()
+            # The claim loop ends at its next turn; cancelling it mid-claim could strand a claim.
+            await asyncio.wait([claim_loop], timeout=grace)
+            claim_loop.cancel()
         runs = [a.task for a in self.active.values() if a.task is not None]
         for task in runs:
-            task.cancel()
-        await asyncio.gather(*self._tasks, *runs, return_exceptions=True)
+            task.cancel()  # each run hands its instance back as it ends
+        if self._tasks or runs:
+            _, pending = await asyncio.wait([*self._tasks, *runs], timeout=grace)
+            if pending:
+                log.warning("%d worker tasks did not stop within %s s", len(pending), grace)
         self._tasks = []
         with contextlib.suppress(Exception):
             await self.store.forget_worker(self.id)
 
     def wake(self) -> None:
         """Something may have become runnable: look now."""
-        self._wakeup.set()
+        self._woken = True
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    async def _sleep(self, delay: float) -> None:
+        """Sleep up to `delay` seconds, less if woken (plain futures: no timeout races with cancel)."""
+        if self._woken:
+            return
+        self._wakeup = asyncio.get_running_loop().create_future()
+        await asyncio.wait([self._wakeup], timeout=delay)
 
     def poke(self, pk: int) -> None:
         """An event was sent to instance `pk`: if it runs here, its waits look at once."""
@@ -128,8 +148,8 @@ class Worker:
 
     async def _claim_loop(self) -> None:
         names = sorted(self.workflows)
-        while True:
-            self._wakeup.clear()
+        while not self._stopping:
+            self._woken = False
             free = self.concurrency - len(self.active)
             next_at: float | None = None
             if free > 0:
@@ -147,14 +167,12 @@ class Worker:
             if next_at is not None:
                 delay = min(delay, max(0.0, next_at - clock.now()))
             if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._wakeup.wait()
+                await self._sleep(delay)
 
     async def _heartbeat_loop(self) -> None:
         interval = min(self.lease_seconds / 3, self.prune_every)
         last_prune = 0.0
-        while True:
+        while not self._stopping:
             try:
                 if self.retention is not None and clock.now() - last_prune >= self.prune_every:
                     last_prune = clock.now()

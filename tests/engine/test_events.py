@@ -1,0 +1,266 @@
+"""`step.wait_for_event` and `inst.send_event` (SPEC §2, §3)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+import stepstone
+from stepstone import Event, InvalidInputError, StepFailed, WaitTimeout, Workflow, WorkflowEvent, WorkflowStep
+
+from .support import StartEngine, finish, until, wait_for_status
+
+
+async def test_wait_for_event_returns_the_event_sent_while_waiting(start_engine: StartEngine) -> None:
+    received: list[Event] = []
+
+    class Review(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            review = await step.wait_for_event("await review", type="review", timeout="1 hour")
+            received.append(review)
+            return review.payload
+
+    engine = await start_engine(Review)
+    inst = await engine.workflow(Review).create()
+    await wait_for_status(inst, "waiting")
+    before = time.time()
+    await inst.send_event("review", {"approved": True})
+    after = time.time()
+    st = await finish(inst)
+    assert (st.status, st.output) == ("complete", {"approved": True})
+    ev = received[-1]
+    assert isinstance(ev, Event)
+    assert (ev.type, ev.payload) == ("review", {"approved": True})
+    assert ev.timestamp.utcoffset() == timedelta(0)
+    assert before - 0.01 <= ev.timestamp.timestamp() <= after + 0.01
+
+
+async def test_event_is_the_same_when_replayed_from_the_record(start_engine: StartEngine) -> None:
+    seen: list[Event] = []
+
+    class Replayed(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            got = await step.wait_for_event("wait", type="data", timeout="1 hour")
+            seen.append(got)
+            await step.sleep("replay", "10 ms")
+            return got.payload
+
+    engine = await start_engine(Replayed)
+    inst = await engine.workflow(Replayed).create()
+    await wait_for_status(inst, "waiting")
+    await inst.send_event("data", {"list": [1, 2.5, None]})
+    assert (await finish(inst)).output == {"list": [1, 2.5, None]}
+    assert len(seen) == 2
+    assert seen[0] == seen[1]
+
+
+async def test_event_sent_before_the_instance_runs_is_kept_for_its_wait(start_engine: StartEngine) -> None:
+    class Early(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            got = await step.wait_for_event("wait", type="ready", timeout="1 hour")
+            return got.payload
+
+    client = await start_engine(Early, worker=False)
+    inst = await client.workflow(Early).create()
+    await inst.send_event("ready", "early bird")
+    assert (await inst.status()).status == "queued"
+    await start_engine(Early)
+    assert (await finish(inst)).output == "early bird"
+
+
+async def test_event_sent_before_its_wait_starts_is_delivered_to_that_wait(start_engine: StartEngine) -> None:
+    class TwoWaits(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            first = await step.wait_for_event("first", type="first", timeout="1 hour")
+            second = await step.wait_for_event("second", type="second", timeout="1 hour")
+            return [first.payload, second.payload]
+
+    engine = await start_engine(TwoWaits)
+    inst = await engine.workflow(TwoWaits).create()
+    await wait_for_status(inst, "waiting")
+    await inst.send_event("second", 2)  # nobody waits for it yet
+    await inst.send_event("first", 1)
+    assert (await finish(inst)).output == [1, 2]
+
+
+async def test_events_of_one_type_are_taken_first_sent_first_taken(start_engine: StartEngine) -> None:
+    class Fifo(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            got = []
+            for i in range(3):
+                got.append((await step.wait_for_event(f"item {i}", type="item", timeout="1 hour")).payload)
+            got.append((await step.wait_for_event("other", type="other", timeout="1 hour")).payload)
+            return got
+
+    client = await start_engine(Fifo, worker=False)
+    inst = await client.workflow(Fifo).create()
+    for payload in ("a", "b"):
+        await inst.send_event("item", payload)
+    await inst.send_event("other", "x")
+    await inst.send_event("item", "c")
+    await start_engine(Fifo)
+    assert (await finish(inst)).output == ["a", "b", "c", "x"]
+
+
+async def test_concurrent_waits_for_one_type_each_take_a_different_event(start_engine: StartEngine) -> None:
+    class TwoListeners(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            first, second = await asyncio.gather(
+                step.wait_for_event("first", type="vote", timeout="1 hour"),
+                step.wait_for_event("second", type="vote", timeout="1 hour"),
+            )
+            return sorted([first.payload, second.payload])
+
+    engine = await start_engine(TwoListeners)
+    inst = await engine.workflow(TwoListeners).create()
+    await wait_for_status(inst, "waiting")
+    await inst.send_event("vote", "a")
+    await inst.send_event("vote", "b")
+    assert (await finish(inst)).output == ["a", "b"]  # no event lost, none taken twice
+
+
+async def test_events_are_matched_by_type(start_engine: StartEngine) -> None:
+    class ByType(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            approval = await step.wait_for_event("approval", type="approve", timeout="1 hour")
+            note = await step.wait_for_event("note", type="note", timeout="1 hour")
+            return [approval.type, approval.payload, note.type, note.payload]
+
+    engine = await start_engine(ByType)
+    inst = await engine.workflow(ByType).create()
+    await wait_for_status(inst, "waiting")
+    await inst.send_event("note", "fyi")
+    await inst.send_event("approve", "yes")
+    assert (await finish(inst)).output == ["approve", "yes", "note", "fyi"]
+
+
+async def test_wait_timeout_raises_wait_timeout_which_the_workflow_can_catch(start_engine: StartEngine) -> None:
+    captured: list[WaitTimeout] = []
+
+    class Impatient(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            try:
+                await step.wait_for_event("await reply", type="reply", timeout="50 ms")
+            except WaitTimeout as exc:
+                captured.append(exc)
+                await step.sleep("replay", "10 ms")
+                return "gave up"
+            return "replied"
+
+    engine = await start_engine(Impatient)
+    st = await finish(await engine.workflow(Impatient).create())
+    assert (st.status, st.output) == ("complete", "gave up")
+    assert len(captured) == 2  # the live run and the replay, from the record
+    assert all(isinstance(exc, StepFailed) and exc.step == "await reply" for exc in captured)
+
+
+async def test_uncaught_wait_timeout_errors_the_instance_naming_the_step(start_engine: StartEngine) -> None:
+    class Unanswered(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            await step.wait_for_event("await reply", type="reply", timeout=0.05)
+
+    engine = await start_engine(Unanswered)
+    st = await finish(await engine.workflow(Unanswered).create())
+    assert st.status == "errored"
+    assert st.error is not None
+    assert st.error["step"] == "await reply"
+    assert "name" in st.error and "message" in st.error
+
+
+async def test_event_sent_after_a_wait_timed_out_is_kept_for_a_later_wait(start_engine: StartEngine) -> None:
+    timed_out: list[str] = []
+
+    class Later(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            try:
+                await step.wait_for_event("quick", type="ping", timeout="10 ms")
+            except WaitTimeout as exc:
+                timed_out.append(exc.step)
+            return (await step.wait_for_event("patient", type="ping", timeout="1 hour")).payload
+
+    engine = await start_engine(Later)
+    inst = await engine.workflow(Later).create()
+    await until(lambda: bool(timed_out), "the first wait timed out")
+    await wait_for_status(inst, "waiting")
+    await inst.send_event("ping", "pong")
+    assert (await finish(inst)).output == "pong"
+
+
+async def test_send_event_rejects_types_outside_the_id_grammar(start_engine: StartEngine) -> None:
+    class Listener(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            return (await step.wait_for_event("listen", type="ok", timeout="1 hour")).payload
+
+    engine = await start_engine(Listener, worker=False)
+    inst = await engine.workflow(Listener).create()
+    bad_types: list[Any] = ["", "-starts-with-dash", "has space", "dotted.name", "x" * 101, "émoji", None, 7]
+    outcomes = {}
+    for event_type in bad_types:
+        try:
+            await inst.send_event(event_type, None)
+            outcomes[repr(event_type)] = "sent"
+        except InvalidInputError:
+            outcomes[repr(event_type)] = "InvalidInputError"
+    assert outcomes == {repr(t): "InvalidInputError" for t in bad_types}
+
+
+async def test_event_types_follow_the_id_grammar_up_to_100_characters(start_engine: StartEngine) -> None:
+    long_type = "t" * 100
+
+    class Grammar(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            try:
+                await step.wait_for_event("bad", type="no spaces allowed", timeout="1 hour")
+                rejected = False
+            except InvalidInputError:
+                rejected = True
+            got = []
+            for i, event_type in enumerate([long_type, "_underscore", "0-digit", "Mixed_Case-1"]):
+                got.append((await step.wait_for_event(f"w{i}", type=event_type, timeout="1 hour")).type)
+            return [rejected, got]
+
+    client = await start_engine(Grammar, worker=False)
+    inst = await client.workflow(Grammar).create()
+    for event_type in [long_type, "_underscore", "0-digit", "Mixed_Case-1"]:
+        await inst.send_event(event_type, None)
+    await start_engine(Grammar)
+    assert (await finish(inst)).output == [True, [long_type, "_underscore", "0-digit", "Mixed_Case-1"]]
+
+
+async def test_event_payload_that_is_not_json_raises_invalid_input_error(start_engine: StartEngine) -> None:
+    class Listener(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            return (await step.wait_for_event("listen", type="ok", timeout="1 hour")).payload
+
+    engine = await start_engine(Listener, worker=False)
+    inst = await engine.workflow(Listener).create()
+    with pytest.raises(InvalidInputError):
+        await inst.send_event("ok", {1, 2})
+
+
+async def test_workflow_event_carries_params_creation_time_instance_id_and_workflow_name(
+    start_engine: StartEngine,
+) -> None:
+    seen: list[WorkflowEvent] = []
+
+    class Introspect(Workflow):
+        name = "introspect"
+
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            seen.append(event)
+            return event.payload
+
+    engine = await start_engine(Introspect)
+    before = time.time()
+    inst = await engine.workflow("introspect").create(id="order-1", params={"topic": "tides"})
+    after = time.time()
+    assert (await finish(inst)).output == {"topic": "tides"}
+    event = seen[0]
+    assert isinstance(event, stepstone.WorkflowEvent)
+    assert (event.payload, event.instance_id, event.workflow_name) == ({"topic": "tides"}, "order-1", "introspect")
+    assert event.timestamp.utcoffset() == timedelta(0)
+    assert before - 0.01 <= event.timestamp.timestamp() <= after + 0.01

@@ -1,0 +1,482 @@
+"""`step.do`: its forms, sync and async functions, `ctx`, identity, and recorded results (SPEC §2)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import timedelta
+from typing import Any
+
+import stepstone
+from stepstone import StepContext, StepFailed, Workflow, WorkflowEvent, WorkflowStep
+
+from .support import Calls, StartEngine, awaited, finish
+
+
+async def run_once(start_engine: StartEngine, workflow: type[Workflow], params: Any = None) -> stepstone.InstanceStatus:
+    engine = await start_engine(workflow)
+    inst = await engine.workflow(workflow).create(params=params)
+    return await finish(inst)
+
+
+def seconds_of(delay: object) -> float | None:
+    """A retry delay as ctx.config shows it (a timedelta, or the value given), in seconds."""
+    if isinstance(delay, timedelta):
+        return delay.total_seconds()
+    if isinstance(delay, int | float):
+        return float(delay)
+    return {"10 seconds": 10.0, "1 second": 1.0}.get(str(delay))
+
+
+# -- the forms of step.do --------------------------------------------------------------------
+
+
+async def test_step_do_returns_the_result_of_a_sync_function(start_engine: StartEngine) -> None:
+    class Plain(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            return await step.do("add", lambda: 1 + 1)
+
+    st = await run_once(start_engine, Plain)
+    assert (st.status, st.output, st.error) == ("complete", 2, None)
+
+
+async def test_step_do_awaits_an_async_function(start_engine: StartEngine) -> None:
+    async def fetch() -> str:
+        await asyncio.sleep(0)
+        return "fetched"
+
+    class AsyncStep(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            return await step.do("fetch", fetch)
+
+    assert (await run_once(start_engine, AsyncStep)).output == "fetched"
+
+
+async def test_step_do_awaits_what_a_lambda_returns_when_it_is_awaitable(start_engine: StartEngine) -> None:
+    async def generate(topic: str) -> str:
+        await asyncio.sleep(0)
+        return f"draft about {topic}"
+
+    class LambdaAwaitable(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            return await step.do("generate draft", lambda: generate(event.payload["topic"]))
+
+    assert (await run_once(start_engine, LambdaAwaitable, {"topic": "tides"})).output == "draft about tides"
+
+
+async def test_sync_step_function_runs_in_a_thread_not_on_the_event_loop(start_engine: StartEngine) -> None:
+    class WhereItRuns(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            loop_thread = threading.get_ident()
+            step_thread = await step.do("where", threading.get_ident)
+            return step_thread != loop_thread
+
+    assert (await run_once(start_engine, WhereItRuns)).output is True
+
+
+async def test_sync_step_function_does_not_block_the_event_loop(start_engine: StartEngine) -> None:
+    # The sync step waits for a flag that only an async step, on the loop, can set.
+    flag = threading.Event()
+
+    async def set_flag() -> bool:
+        flag.set()
+        return True
+
+    class NonBlocking(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            return await asyncio.gather(
+                step.do("wait for flag", lambda: flag.wait(5), retries={"limit": 0}),
+                step.do("set flag", set_flag),
+            )
+
+    assert (await run_once(start_engine, NonBlocking)).output == [True, True]
+
+
+async def test_bare_decorator_makes_a_step_named_after_the_function(start_engine: StartEngine) -> None:
+    calls = Calls()
+
+    class BareDecorator(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            @step.do
+            def fetch_user(ctx: StepContext) -> str:
+                calls.note("fetch_user")
+                return ctx.step.name
+
+            name = await fetch_user()
+            await step.sleep("replay", "10 ms")
+            return name
+
+    assert (await run_once(start_engine, BareDecorator)).output == "fetch_user"
+    assert calls.count("fetch_user") == 1
+
+
+async def test_decorator_with_a_name_and_options_retries_the_function(start_engine: StartEngine) -> None:
+    calls = Calls()
+
+    class NamedDecorator(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            @step.do("charge card", retries={"limit": 2, "delay": "10 ms", "backoff": "constant"}, timeout="5 s")
+            async def charge(ctx: StepContext) -> dict[str, Any]:
+                calls.note("charge")
+                if ctx.attempt < 3:
+                    raise ConnectionError("flaky")
+                return {"name": ctx.step.name, "attempt": ctx.attempt, "timeout": ctx.config.timeout.total_seconds()}
+
+            return await charge()
+
+    st = await run_once(start_engine, NamedDecorator)
+    assert st.output == {"name": "charge card", "attempt": 3, "timeout": 5.0}
+    assert calls.count("charge") == 3
+
+
+async def test_decorator_without_a_name_defaults_to_the_function_name(start_engine: StartEngine) -> None:
+    class UnnamedDecorator(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            @step.do(retries={"limit": 0})
+            def send_receipt(ctx: StepContext) -> list[Any]:
+                return [ctx.step.name, ctx.config.retries.limit]
+
+            return await send_receipt()
+
+    assert (await run_once(start_engine, UnnamedDecorator)).output == ["send_receipt", 0]
+
+
+# -- ctx ---------------------------------------------------------------------------------------
+
+
+async def test_step_function_taking_ctx_sees_name_count_attempt_and_config(start_engine: StartEngine) -> None:
+    def describe(ctx: StepContext) -> dict[str, Any]:
+        return {
+            "name": ctx.step.name,
+            "count": ctx.step.count,
+            "attempt": ctx.attempt,
+            "limit": ctx.config.retries.limit,
+            "delay": seconds_of(ctx.config.retries.delay),
+            "backoff": ctx.config.retries.backoff,
+            "timeout": ctx.config.timeout.total_seconds(),
+        }
+
+    async def describe_async(*, ctx: StepContext) -> dict[str, Any]:
+        return describe(ctx)
+
+    options: dict[str, Any] = {
+        "retries": {"limit": 2, "delay": "1 second", "backoff": "linear"},
+        "timeout": "30 seconds",
+    }
+
+    class WithCtx(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            first = await step.do("info", describe, **options)
+            second = await step.do("info", describe_async, **options)
+            third = await step.do("other", lambda ctx: describe(ctx), **options)
+            return [first, second, third]
+
+    expected = {"attempt": 1, "limit": 2, "delay": 1.0, "backoff": "linear", "timeout": 30.0}
+    assert (await run_once(start_engine, WithCtx)).output == [
+        {"name": "info", "count": 1, **expected},
+        {"name": "info", "count": 2, **expected},
+        {"name": "other", "count": 1, **expected},
+    ]
+
+
+async def test_ctx_attempt_counts_up_with_each_retry(start_engine: StartEngine) -> None:
+    seen: list[int] = []
+
+    def flaky(ctx: StepContext) -> int:
+        seen.append(ctx.attempt)
+        if ctx.attempt < 3:
+            raise RuntimeError(f"attempt {ctx.attempt} failed")
+        return ctx.attempt
+
+    class Attempts(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            return await step.do("flaky", flaky, retries={"limit": 5, "delay": "10 ms"})
+
+    assert (await run_once(start_engine, Attempts)).output == 3
+    assert seen == [1, 2, 3]
+
+
+async def test_step_without_options_gets_the_default_retries_and_timeout(start_engine: StartEngine) -> None:
+    class Defaults(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            return await step.do(
+                "defaults",
+                lambda ctx: [
+                    ctx.config.retries.limit,
+                    seconds_of(ctx.config.retries.delay),
+                    ctx.config.retries.backoff,
+                    ctx.config.timeout.total_seconds(),
+                ],
+            )
+
+    assert (await run_once(start_engine, Defaults)).output == [5, 10.0, "exponential", 600.0]
+
+
+async def test_missing_retries_keys_take_the_defaults(start_engine: StartEngine) -> None:
+    class PartialRetries(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            return await step.do(
+                "partial",
+                lambda ctx: [
+                    ctx.config.retries.limit,
+                    seconds_of(ctx.config.retries.delay),
+                    ctx.config.retries.backoff,
+                ],
+                retries={"limit": 1},
+            )
+
+    assert (await run_once(start_engine, PartialRetries)).output == [1, 10.0, "exponential"]
+
+
+async def test_config_dict_is_accepted_in_place_of_retries_and_timeout(start_engine: StartEngine) -> None:
+    def flaky(ctx: StepContext) -> list[Any]:
+        if ctx.attempt == 1:
+            raise RuntimeError("first attempt fails")
+        return [ctx.attempt, ctx.config.retries.limit, ctx.config.retries.backoff, ctx.config.timeout.total_seconds()]
+
+    class ConfigForm(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            config = {"retries": {"limit": 1, "delay": "10 ms", "backoff": "constant"}, "timeout": "5 seconds"}
+            return await step.do("configured", flaky, config=config)
+
+    assert (await run_once(start_engine, ConfigForm)).output == [2, 1, "constant", 5.0]
+
+
+async def test_retries_option_accepts_a_retries_object(start_engine: StartEngine) -> None:
+    class RetriesObject(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            policy = stepstone.Retries(limit=3, delay="10 ms", backoff="constant")
+            return await step.do("policy", lambda ctx: [ctx.config.retries.limit, ctx.config.retries.backoff],
+                                 retries=policy)  # fmt: skip
+
+    assert (await run_once(start_engine, RetriesObject)).output == [3, "constant"]
+
+
+# -- identity ----------------------------------------------------------------------------------
+
+
+async def test_same_step_name_twice_is_two_steps_each_run_once(start_engine: StartEngine) -> None:
+    calls = Calls()
+
+    class SameNameTwice(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            first = await step.do("fetch", calls.returning("first", "one"))
+            second = await step.do("fetch", calls.returning("second", "two"))
+            await step.sleep("replay", "10 ms")
+            return [first, second]
+
+    assert (await run_once(start_engine, SameNameTwice)).output == ["one", "two"]
+    assert calls.log == ["first", "second"]
+
+
+async def test_completed_step_does_not_run_again_when_run_replays_after_a_sleep(start_engine: StartEngine) -> None:
+    calls = Calls()
+    passes: list[Any] = []
+
+    class Replays(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            value = await step.do("compute", calls.returning("compute", {"n": 1}))
+            passes.append(value)
+            await step.sleep("nap", "10 ms")
+            return value
+
+    assert (await run_once(start_engine, Replays)).output == {"n": 1}
+    assert calls.count("compute") == 1
+    assert passes == [{"n": 1}, {"n": 1}]  # the live run, then the replay from the record
+
+
+async def test_concurrent_steps_in_gather_keep_their_identity_across_a_replay(start_engine: StartEngine) -> None:
+    calls = Calls()
+    second_done = asyncio.Event()
+
+    async def part_one() -> str:
+        calls.note("part-1")
+        await second_done.wait()  # the first occurrence finishes last
+        return "one"
+
+    async def part_two() -> str:
+        calls.note("part-2")
+        second_done.set()
+        return "two"
+
+    async def other() -> str:
+        calls.note("other")
+        return "three"
+
+    class Gathered(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            results = await asyncio.gather(
+                step.do("part", part_one), step.do("part", part_two), step.do("other", other)
+            )
+            await step.sleep("replay", "10 ms")
+            return results
+
+    assert (await run_once(start_engine, Gathered)).output == ["one", "two", "three"]
+    assert sorted(calls.log) == ["other", "part-1", "part-2"]
+
+
+async def test_concurrent_steps_run_at_the_same_time(start_engine: StartEngine) -> None:
+    barrier = asyncio.Barrier(3)
+
+    async def meet(label: str) -> str:
+        async with asyncio.timeout(5):
+            await barrier.wait()
+        return label
+
+    class Concurrent(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            return await asyncio.gather(*(step.do(f"meet {x}", lambda x=x: meet(x), retries={"limit": 0})
+                                          for x in "abc"))  # fmt: skip
+
+    assert (await run_once(start_engine, Concurrent)).output == ["a", "b", "c"]
+
+
+async def test_steps_in_a_task_group_keep_their_identity_across_a_replay(start_engine: StartEngine) -> None:
+    calls = Calls()
+
+    class InTaskGroup(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            async with asyncio.TaskGroup() as tg:
+                first = tg.create_task(awaited(step.do("upload", calls.returning("upload-1", "a.png"))))
+                second = tg.create_task(awaited(step.do("upload", calls.returning("upload-2", "b.png"))))
+                nap = tg.create_task(awaited(step.sleep("settle", "20 ms")))
+            await nap
+            await step.sleep("replay", "10 ms")
+            return [first.result(), second.result()]
+
+    assert (await run_once(start_engine, InTaskGroup)).output == ["a.png", "b.png"]
+    assert sorted(calls.log) == ["upload-1", "upload-2"]
+
+
+async def test_sleeping_branch_does_not_rerun_the_finished_steps_of_its_siblings(start_engine: StartEngine) -> None:
+    calls = Calls()
+
+    class Branches(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            async def slow_branch() -> list[Any]:
+                before = await step.do("slow before", calls.returning("slow before", 1))
+                await step.sleep("slow nap", "30 ms")
+                after = await step.do("slow after", calls.returning("slow after", 2))
+                return [before, after]
+
+            async def quick_branch() -> Any:
+                return await step.do("quick", calls.returning("quick", 3))
+
+            return await asyncio.gather(slow_branch(), quick_branch())
+
+    assert (await run_once(start_engine, Branches)).output == [[1, 2], 3]
+    assert sorted(calls.log) == ["quick", "slow after", "slow before"]
+
+
+async def test_step_failure_escaping_gather_errors_the_instance_while_a_sibling_sleeps(
+    start_engine: StartEngine,
+) -> None:
+    class FailsBesideASleep(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            await asyncio.gather(
+                step.do("fail", Calls().raising("fail", ValueError("broken")), retries={"limit": 0}),
+                step.sleep("nap", "1 hour"),
+            )
+
+    st = await run_once(start_engine, FailsBesideASleep)
+    assert (st.status, st.error) == ("errored", {"name": "ValueError", "message": "broken", "step": "fail"})
+
+
+# -- results -----------------------------------------------------------------------------------
+
+JSON_VALUE: dict[str, Any] = {
+    "none": None,
+    "true": True,
+    "false": False,
+    "int": 42,
+    "negative": -7,
+    "big": 2**53 + 1,
+    "float": 2.5,
+    "tenth": 0.1,
+    "text": 'héllo ✓ "quoted"\nnew line\ttab',
+    "empty text": "",
+    "list": [1, "two", [3.0, None]],
+    "nested": {"k": {"deep": [], "empty": {}}},
+}
+
+
+async def test_step_result_round_trips_through_json_unchanged(start_engine: StartEngine) -> None:
+    passes: list[Any] = []
+
+    class RoundTrip(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            value = await step.do("make", lambda: JSON_VALUE)
+            passes.append(value)
+            await step.sleep("replay", "10 ms")
+            return value
+
+    assert (await run_once(start_engine, RoundTrip)).output == JSON_VALUE
+    assert passes == [JSON_VALUE, JSON_VALUE]
+
+
+async def test_step_names_may_hold_any_characters(start_engine: StartEngine) -> None:
+    names = ["héllo ✓", 'it\'s "quoted"', "new\nline\ttab", "slash/dot.colon:", " padded ", "日本語"]
+
+    class OddNames(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            first = [await step.do(name, lambda ctx: ctx.step.name) for name in names]
+            await step.sleep("replay", "10 ms")
+            return first
+
+    assert (await run_once(start_engine, OddNames)).output == names
+
+
+async def test_step_name_with_a_nul_character_raises_invalid_input_without_running_the_function(
+    start_engine: StartEngine,
+) -> None:
+    calls = Calls()
+
+    class NulName(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            try:
+                await step.do("nul\x00byte", calls.returning("ran"))
+            except stepstone.InvalidInputError:
+                return "rejected"
+            return "accepted"
+
+    assert (await run_once(start_engine, NulName)).output == "rejected"
+    assert calls.log == []
+
+
+async def test_result_that_is_not_json_fails_the_step_with_type_error_and_no_retry(start_engine: StartEngine) -> None:
+    calls = Calls()
+    odd_values: dict[str, Any] = {"set": {1, 2}, "object": object(), "int key": {1: "x"}, "bytes": b"bytes"}
+
+    class NotJson(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            outcomes = {}
+            for label, value in odd_values.items():
+                name = f"make {label}"
+                try:
+                    await step.do(name, calls.returning(label, value), retries={"limit": 3, "delay": "10 ms"})
+                    outcomes[label] = "recorded"
+                except StepFailed as exc:
+                    outcomes[label] = f"{exc.error_type}, names step: {exc.step == name and name in exc.message}"
+            return outcomes
+
+    assert (await run_once(start_engine, NotJson)).output == dict.fromkeys(odd_values, "TypeError, names step: True")
+    assert sorted(calls.log) == sorted(odd_values)  # one attempt each
+
+
+async def test_result_over_the_size_limit_fails_the_step_with_limit_exceeded_and_no_retry(
+    start_engine: StartEngine,
+) -> None:
+    calls = Calls()
+
+    class Oversize(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            try:
+                await step.do("big", calls.returning("big", "x" * 2000), retries={"limit": 3, "delay": "10 ms"})
+            except StepFailed as exc:
+                return [exc.step, exc.error_type]
+            return "no error"
+
+    engine = await start_engine(Oversize, limits=stepstone.Limits(max_value_bytes=1000))
+    st = await finish(await engine.workflow(Oversize).create())
+    assert st.output == ["big", "stepstone.LimitExceededError"]
+    assert calls.count("big") == 1

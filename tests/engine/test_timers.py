@@ -1,0 +1,124 @@
+"""Durable timers: `step.sleep` and `step.sleep_until` (SPEC §2)."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+import stepstone
+from stepstone import InvalidInputError, Workflow, WorkflowEvent, WorkflowStep
+
+from .support import Calls, StartEngine, finish, wait_for_status
+
+
+async def run_once(start_engine: StartEngine, workflow: type[Workflow], params: Any = None) -> stepstone.InstanceStatus:
+    engine = await start_engine(workflow)
+    return await finish(await engine.workflow(workflow).create(params=params))
+
+
+async def test_sleeping_instance_is_waiting(start_engine: StartEngine) -> None:
+    calls = Calls()
+
+    class LongNap(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            await step.sleep("nap", "1 hour")
+            await step.do("after", calls.returning("after"))
+
+    engine = await start_engine(LongNap)
+    inst = await engine.workflow(LongNap).create()
+    st = await wait_for_status(inst, "waiting")
+    assert (st.output, st.error) == (None, None)
+    assert calls.log == []
+    await inst.terminate()
+
+
+async def test_sleep_resumes_the_run_after_the_duration(start_engine: StartEngine) -> None:
+    class ShortNap(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            before = await step.do("before", time.time)
+            await step.sleep("nap", "300 ms")
+            after = await step.do("after", time.time)
+            return after - before
+
+    st = await run_once(start_engine, ShortNap)
+    assert st.status == "complete"
+    assert st.output >= 0.3
+
+
+async def test_sleep_accepts_every_form_of_duration(start_engine: StartEngine) -> None:
+    class Forms(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            for i, duration in enumerate([timedelta(milliseconds=10), 0.01, 0, "10ms", "0.01 s", "10 MS", "0 seconds"]):
+                await step.sleep(f"nap {i}", duration)
+            return "slept"
+
+    assert (await run_once(start_engine, Forms)).output == "slept"
+
+
+@pytest.mark.parametrize(
+    "as_when",
+    [
+        pytest.param(lambda t: datetime.fromtimestamp(t, UTC), id="utc-datetime"),
+        pytest.param(lambda t: datetime.fromtimestamp(t, timezone(timedelta(hours=5, minutes=30))), id="offset-dt"),
+        pytest.param(lambda t: t, id="epoch-seconds"),
+    ],
+)
+async def test_sleep_until_resumes_the_run_at_that_time(start_engine: StartEngine, as_when: Any) -> None:
+    class Alarm(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            target = await step.do("pick a time", lambda: time.time() + 0.3)
+            await step.sleep_until("alarm", as_when(target))
+            woke = await step.do("woke", time.time)
+            return woke >= target
+
+    assert (await run_once(start_engine, Alarm)).output is True
+
+
+async def test_sleep_until_a_time_in_the_past_returns_at_once(start_engine: StartEngine) -> None:
+    class Past(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            await step.sleep_until("long ago", datetime(2000, 1, 1, tzinfo=UTC))
+            await step.sleep_until("epoch", 0)
+            await step.sleep_until("a moment ago", time.time() - 5)
+            return "done"
+
+    started = time.monotonic()
+    assert (await run_once(start_engine, Past)).output == "done"
+    assert time.monotonic() - started < 5
+
+
+async def test_sleep_until_rejects_naive_datetimes_and_other_values(start_engine: StartEngine) -> None:
+    naive = datetime(2030, 1, 1, 12, 0)
+    bad_values: list[Any] = [naive, "tomorrow", None, "2030-01-01T00:00:00Z", [1]]
+
+    class BadWhen(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            outcomes = []
+            for i, when in enumerate(bad_values):
+                try:
+                    await step.sleep_until(f"bad {i}", when)
+                    outcomes.append("accepted")
+                except InvalidInputError as exc:
+                    named = str(when) in str(exc) or repr(when) in str(exc)
+                    outcomes.append("rejected, naming the value" if named else f"rejected: {exc}")
+            return outcomes
+
+    assert (await run_once(start_engine, BadWhen)).output == ["rejected, naming the value"] * len(bad_values)
+
+
+async def test_sleeping_instance_holds_no_worker_slot(store_url: str) -> None:
+    class Sleepy(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            if event.payload == "sleep":
+                await step.sleep("nap", "1 hour")
+            return "awake"
+
+    async with stepstone.Engine(store_url, workflows=[Sleepy], concurrency=1) as engine:
+        sleeper = await engine.workflow(Sleepy).create(params="sleep")
+        await wait_for_status(sleeper, "waiting")
+        quick = await engine.workflow(Sleepy).create(params="quick")
+        assert (await finish(quick)).output == "awake"
+        await sleeper.terminate()
