@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
@@ -16,6 +15,7 @@ from stepstone.instances import WorkflowHandle
 from stepstone.retention import Retention
 from stepstone.serialization import Limits
 from stepstone.store.base import Store
+from stepstone.threads import DaemonThreadPool
 from stepstone.worker import Worker
 from stepstone.workflow import Workflow, check_class, name_of
 
@@ -77,7 +77,7 @@ class Engine:
         self._store_options = store_options
         self._store: Store | None = None
         self._worker: Worker | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: DaemonThreadPool | None = None
         self._known: set[str] = set()
         self._changed = asyncio.Event()
 
@@ -105,9 +105,7 @@ class Engine:
             self._known = set(await store.workflow_names())
             self._changed = asyncio.Event()
             if self.run_worker and self.workflows:
-                self._executor = ThreadPoolExecutor(
-                    max_workers=max(32, self.concurrency), thread_name_prefix="stepstone-step"
-                )
+                self._executor = DaemonThreadPool(max_workers=max(32, self.concurrency))
                 self._worker = Worker(
                     store,
                     self.workflows,

@@ -1,0 +1,80 @@
+"""The threads that run sync step functions: daemon threads, so that exit never waits for them.
+
+A sync step that overruns its timeout cannot be cancelled; its attempt fails and the
+thread is abandoned. `concurrent.futures.ThreadPoolExecutor` joins its threads when
+the interpreter exits, so one abandoned `time.sleep(3600)` would hold a stopping
+worker for an hour. These threads are daemons: the process exits when it is done.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_Work = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+class DaemonThreadPool(Executor):
+    """Runs submitted calls on up to `max_workers` daemon threads, started as needed."""
+
+    def __init__(self, max_workers: int, thread_name_prefix: str = "stepstone-step") -> None:
+        self._max_workers = max_workers
+        self._prefix = thread_name_prefix
+        self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._shutdown = False
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot run a step after the engine closed")
+            future: Future[T] = Future()
+            self._work.put((future, fn, args, kwargs))
+            if self._idle == 0 and len(self._threads) < self._max_workers:
+                thread = threading.Thread(target=self._serve, name=f"{self._prefix}-{len(self._threads)}", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+            return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shutdown = True
+            threads = list(self._threads)
+        if cancel_futures:
+            while True:
+                try:
+                    work = self._work.get_nowait()
+                except queue.Empty:
+                    break
+                if work is not None:
+                    work[0].cancel()
+        for _ in threads:
+            self._work.put(None)
+        if wait:
+            for thread in threads:
+                thread.join()
+
+    def _serve(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            work = self._work.get()
+            with self._lock:
+                self._idle -= 1
+            if work is None:
+                return
+            future, fn, args, kwargs = work
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
