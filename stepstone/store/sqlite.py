@@ -122,8 +122,9 @@ class _ConnectionThread:
             raise self._error
 
     def stop(self) -> None:
-        self._jobs.put(None)
-        self._thread.join()
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
 
     def submit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         job = _Job(fn, asyncio.get_running_loop())
@@ -240,9 +241,13 @@ class SqliteStore:
             raise InvalidInputError(f"invalid SQLite URL {self.url!r}: directory {str(directory)!r} does not exist")
         self._writer = _ConnectionThread(self.path, self._synchronous, writer=True, name="stepstone-sqlite-writer")
         self._reader = _ConnectionThread(self.path, self._synchronous, writer=False, name="stepstone-sqlite-reader")
-        await asyncio.to_thread(self._writer.start)
-        await self._write(self._migrate)
-        await asyncio.to_thread(self._reader.start)
+        try:
+            await asyncio.to_thread(self._writer.start)
+            await self._write(self._migrate)
+            await asyncio.to_thread(self._reader.start)
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         for thread in (self._writer, self._reader):
