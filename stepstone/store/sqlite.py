@@ -592,7 +592,8 @@ def _earliest(conn: sqlite3.Connection, worker_id: str, names: list[str], *, que
             return 0.0
         for row in (
             conn.execute(
-                "SELECT wake_at FROM instances WHERE status = 'waiting' AND workflow = ? ORDER BY wake_at LIMIT 1",
+                "SELECT wake_at FROM instances WHERE status = 'waiting' AND workflow = ? AND wake_at IS NOT NULL "
+                "ORDER BY wake_at LIMIT 1",
                 (name,),
             ).fetchone(),
             conn.execute(
@@ -624,7 +625,10 @@ def _discard_history(conn: sqlite3.Connection, pk: int, from_step: StepKey | Non
 
 
 def _write_run(conn: sqlite3.Connection, run: RunWrite) -> Status:
-    row = conn.execute("SELECT status FROM instances WHERE pk = ? AND lease_token = ?", (run.pk, run.token)).fetchone()
+    # The token names this lease; a lease given up (the run ended, a pause took effect) has no owner.
+    row = conn.execute(
+        "SELECT status FROM instances WHERE pk = ? AND lease_token = ? AND lease_owner IS NOT NULL", (run.pk, run.token)
+    ).fetchone()
     if row is None:
         raise LeaseLostError(f"instance {run.pk} is no longer leased with token {run.token}")
     status: str = row[0]

@@ -8,9 +8,13 @@ $STEPSTONE_CRASH_JOURNAL, written in one `write` and fsynced before the body goe
 so a test can count how often each body ran, in which process (pid) and when (epoch
 seconds, the engine's clock), even when the process was SIGKILLed right after. Step
 names are unique within each workflow, so (instance, step, attempt) names one attempt.
+Some bodies also note when they return, in the same format, in the journal's
+companion file (its name + ".returned"; see `journal_return`).
 
 Also runnable as a stepstone app: `engine` serves these workflows on
-$STEPSTONE_DATABASE_URL (tests/crash/worker_main.py builds its own Engine).
+$STEPSTONE_DATABASE_URL, with a lease of $STEPSTONE_CRASH_LEASE seconds (default 30)
+(tests/crash/worker_main.py builds its own Engine, or runs `stepstone worker` on this
+file with --cli).
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ from typing import Any
 from stepstone import Engine, StepContext, Workflow, WorkflowEvent, WorkflowStep
 
 JOURNAL_ENV = "STEPSTONE_CRASH_JOURNAL"
+RETURNED_SUFFIX = ".returned"
+"""The companion file of the journal, where bodies that say so note their return."""
+LEASE_ENV = "STEPSTONE_CRASH_LEASE"
 
 
-def journal(instance: str, step: str, attempt: int) -> int:
-    """Append this execution's line, durably; returns how many lines (instance, step) has now."""
-    path = os.environ[JOURNAL_ENV]
+def _append(path: str, instance: str, step: str, attempt: int) -> None:
     line = f"{instance},{step},{attempt},{os.getpid()},{time.time()!r}\n"
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -38,9 +43,20 @@ def journal(instance: str, step: str, attempt: int) -> int:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def journal(instance: str, step: str, attempt: int) -> int:
+    """Append this execution's line, durably; returns how many lines (instance, step) has now."""
+    path = os.environ[JOURNAL_ENV]
+    _append(path, instance, step, attempt)
     prefix = f"{instance},{step},"
     with open(path) as lines:
         return sum(1 for text in lines if text.startswith(prefix))
+
+
+def journal_return(instance: str, step: str, attempt: int) -> None:
+    """Note, durably, that a body is returning (in the journal's companion file)."""
+    _append(os.environ[JOURNAL_ENV] + RETURNED_SUFFIX, instance, step, attempt)
 
 
 def journaled(instance: str, step: str, body: Callable[[StepContext], Any]) -> Callable[..., Any]:
@@ -171,6 +187,43 @@ class Suicide(Workflow):
         return {"before": before, "fatal": value, "after": after}
 
 
-WORKFLOWS: list[type[Workflow]] = [MultiStep, Sleeper, Retrier, Approval, Suicide]
+class Handover(Workflow):
+    """Steps that return the pid of the worker running them, around a slow one for a
+    SIGSTOP or a SIGTERM to land in.
 
-engine = Engine(workflows=WORKFLOWS)
+    The slow step's body sleeps `slow` seconds the first time it runs for the instance
+    and `again` seconds (default: `slow`) when it runs again, after a takeover; it notes
+    its return (`journal_return`), so a test sees when a frozen body has gone on. It is
+    a sync function (run in a thread), or a coroutine function if `async` is true.
+
+    params: {"slow": seconds, "again": seconds, "async": bool}. Output: {"first": pid,
+    "slow": pid, "last": pid}, the workers whose results were recorded.
+    """
+
+    name = "crash-handover"
+
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        p, me = params(event), event.instance_id
+        first = await step.do("first", journaled(me, "first", lambda ctx: os.getpid()))
+
+        def seconds(runs: int) -> float:
+            return float(p["slow"] if runs == 1 else p.get("again", p["slow"]))
+
+        def slow(ctx: StepContext) -> int:
+            time.sleep(seconds(journal(me, "slow", ctx.attempt)))
+            journal_return(me, "slow", ctx.attempt)
+            return os.getpid()
+
+        async def slow_async(ctx: StepContext) -> int:
+            await asyncio.sleep(seconds(journal(me, "slow", ctx.attempt)))
+            journal_return(me, "slow", ctx.attempt)
+            return os.getpid()
+
+        slow_pid = await step.do("slow", slow_async if p.get("async") else slow)
+        last = await step.do("last", journaled(me, "last", lambda ctx: os.getpid()))
+        return {"first": first, "slow": slow_pid, "last": last}
+
+
+WORKFLOWS: list[type[Workflow]] = [MultiStep, Sleeper, Retrier, Approval, Suicide, Handover]
+
+engine = Engine(workflows=WORKFLOWS, lease_seconds=float(os.environ.get(LEASE_ENV) or 30.0))

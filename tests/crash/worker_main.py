@@ -1,13 +1,17 @@
 """A worker process for the crash tests: serves tests/crash/app.py's workflows until killed.
 
     STEPSTONE_CRASH_JOURNAL=journal.txt python tests/crash/worker_main.py DB_URL \
-        [--lease-seconds S] [--host NAME] [--parent PID]
+        [--lease-seconds S] [--host NAME] [--parent PID] [--cli]
 
 Prints `ready pid=PID` once the engine has started (its workflows are recorded in the
 store and it is claiming instances). `--host NAME` makes the worker believe it runs on
 another machine, so it cannot free a dead neighbour's leases by checking its pid and
 must wait for them to expire. `--parent PID` makes the worker die with that process
 (Linux), so no worker outlives a test run that was itself killed.
+
+With `--cli` it runs the real command instead, `stepstone worker tests/crash/app.py
+--db DB_URL` (with the lease and host asked for), which stops gracefully on SIGTERM
+and says `stepstone worker ready` on stderr once it serves.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import stepstone
 import stepstone.worker
 
 _PR_SET_PDEATHSIG = 1
+LEASE_ENV = "STEPSTONE_CRASH_LEASE"  # as in app.py
 
 
 def load_app() -> ModuleType:
@@ -53,12 +58,21 @@ async def serve(url: str, lease_seconds: float) -> None:
     await engine.serve_forever()
 
 
+def run_cli(url: str, lease_seconds: float) -> None:
+    """`stepstone worker tests/crash/app.py --db URL`, in this process (exits with its code)."""
+    from stepstone.cli import main as stepstone_main
+
+    os.environ[LEASE_ENV] = repr(lease_seconds)  # app.py's engine takes its lease from here
+    stepstone_main(["worker", str(Path(__file__).with_name("app.py")), "--db", url], prog_name="stepstone")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("url")
     parser.add_argument("--lease-seconds", type=float, default=30.0)
     parser.add_argument("--host", help="pretend to run on this host")
     parser.add_argument("--parent", type=int, help="die when this process dies")
+    parser.add_argument("--cli", action="store_true", help="run `stepstone worker` on app.py (stops on SIGTERM)")
     args = parser.parse_args()
     if args.parent is not None:
         die_with(args.parent)
@@ -66,7 +80,10 @@ def main() -> None:
         host: str = args.host
         stepstone.worker.host_identity = lambda: host
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
-    asyncio.run(serve(args.url, args.lease_seconds))
+    if args.cli:
+        run_cli(args.url, args.lease_seconds)
+    else:
+        asyncio.run(serve(args.url, args.lease_seconds))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ CREATE INDEX instances_by_status ON instances (workflow, status, pk);
 -- queued instances are found through instances_by_status.
 CREATE INDEX instances_due ON instances (workflow, wake_at) WHERE status = 'waiting';
 CREATE INDEX instances_leased ON instances (workflow, lease_expires) WHERE status IN ('running', 'waitingForPause');
+CREATE INDEX instances_ended ON instances (workflow, status, ended_at) WHERE ended_at IS NOT NULL;
 CREATE INDEX instances_owner ON instances (lease_owner) WHERE lease_owner IS NOT NULL;
 
 CREATE TABLE steps (

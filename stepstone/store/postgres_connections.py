@@ -1,0 +1,257 @@
+"""The PostgreSQL store's long-lived connection users: the writer (group commit) and the listener.
+
+Group commit: every write is a job queued to one writer task, which runs whatever has
+queued up meanwhile in one transaction on one connection, each job in its own
+savepoint so that one job's error undoes only that job, and answers the callers only
+once COMMIT has returned. Jobs that made work runnable have the transaction send a
+NOTIFY, which PostgreSQL delivers at commit, and only if it commits.
+
+The listener holds a LISTEN connection and calls back on every notification; it
+reconnects when the connection drops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import sql
+from psycopg.pq import TransactionStatus
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
+
+T = TypeVar("T")
+Connection = psycopg.AsyncConnection[TupleRow]
+
+_log = logging.getLogger(__name__)
+
+_MAX_BATCH = 64
+"""Jobs per group commit. Each job is a subtransaction (savepoint); past 64 in one
+transaction PostgreSQL's per-backend subtransaction cache overflows, which slows
+every session's snapshots."""
+_MAX_TRIES = 5
+"""Attempts of a job that keeps losing deadlocks before its error reaches the caller."""
+_LISTEN_CHECK = 30.0
+"""Seconds between liveness checks of the LISTEN connection (a silent drop raises nothing)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An error's text on one line (libpq's messages span several)."""
+    return " ".join(str(exc).split())
+
+
+class Tx:
+    """What a write job gets: the batch's connection, and a way to wake the workers."""
+
+    __slots__ = ("conn", "wakes")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.wakes = False
+
+    def wake_workers(self) -> None:
+        """Send the wakeup notification at commit (only if this job is kept)."""
+        self.wakes = True
+
+
+@dataclass(eq=False)
+class _Job(Generic[T]):
+    run: Callable[[Tx], Awaitable[T]]
+    future: asyncio.Future[T]
+    tries: int = 0
+
+
+@dataclass
+class _Outcome:
+    job: _Job[Any]
+    result: Any = None
+    error: BaseException | None = None
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class GroupCommit:
+    """The writer task: runs queued jobs in batches, one transaction and one savepoint per job each.
+
+    A job that loses a deadlock is rolled back and retried in the next batch, after this
+    one has committed and released the locks the other transaction waits for.
+    """
+
+    def __init__(self, pool: AsyncConnectionPool[Connection], wakeup_channel: str) -> None:
+        self._pool = pool
+        self._commit_and_notify = sql.SQL("NOTIFY {}; COMMIT").format(sql.Identifier(wakeup_channel))
+        self._queue: asyncio.Queue[_Job[Any] | None] = asyncio.Queue()
+        self._committing = False
+        self._task = asyncio.create_task(self._main(), name="stepstone-postgres-writer")
+
+    def submit(self, run: Callable[[Tx], Awaitable[T]]) -> asyncio.Future[T]:
+        job = _Job(run, asyncio.get_running_loop().create_future())
+        self._queue.put_nowait(job)
+        return job.future
+
+    async def stop(self) -> None:
+        """Finish every job queued so far, then end the task."""
+        self._queue.put_nowait(None)
+        await self._task
+
+    async def _main(self) -> None:
+        retry: list[_Job[Any]] = []
+        stopping = False
+        while True:
+            batch, retry = retry, []
+            if not batch and not stopping:
+                job = await self._queue.get()
+                if job is None:
+                    stopping = True
+                else:
+                    batch.append(job)
+            while not stopping and len(batch) < _MAX_BATCH and not self._queue.empty():
+                job = self._queue.get_nowait()
+                if job is None:
+                    stopping = True
+                else:
+                    batch.append(job)
+            if not batch:
+                return
+            try:
+                outcomes, retry = await self._commit(batch)
+            except BaseException as exc:
+                for job in batch:
+                    _settle(job.future, None, exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for outcome in outcomes:
+                _settle(outcome.job.future, outcome.result, outcome.error)
+
+    async def _commit(self, batch: list[_Job[Any]]) -> tuple[list[_Outcome], list[_Job[Any]]]:
+        """Run a batch; if the connection breaks before COMMIT (nothing written), once more on another."""
+        for attempt in (1, 2):
+            async with self._pool.connection() as conn:
+                try:
+                    return await self._transaction(conn, batch)
+                except psycopg.OperationalError:
+                    if attempt == 2 or self._committing or not conn.broken:
+                        raise
+            await self._pool.check()
+        raise AssertionError("unreachable")
+
+    async def _transaction(self, conn: Connection, batch: list[_Job[Any]]) -> tuple[list[_Outcome], list[_Job[Any]]]:
+        outcomes: list[_Outcome] = []
+        retry: list[_Job[Any]] = []
+        wakes = False
+        self._committing = False
+        try:
+            await conn.execute("BEGIN; SAVEPOINT job")
+            dirty = False  # the savepoint holds a kept job's changes: release it, take a new one
+            for job in batch:
+                if dirty:
+                    await conn.execute("RELEASE SAVEPOINT job; SAVEPOINT job")
+                tx = Tx(conn)
+                job.tries += 1
+                try:
+                    result = await job.run(tx)
+                except Exception as exc:
+                    if conn.broken:
+                        raise
+                    # Still the same savepoint afterwards, clean for the next job.
+                    await conn.execute("ROLLBACK TO SAVEPOINT job")
+                    dirty = False
+                    if isinstance(exc, pg_errors.DeadlockDetected | pg_errors.SerializationFailure) and (
+                        job.tries < _MAX_TRIES
+                    ):
+                        retry.append(job)
+                    else:
+                        outcomes.append(_Outcome(job, error=exc))
+                else:
+                    dirty = True
+                    wakes = wakes or tx.wakes
+                    outcomes.append(_Outcome(job, result))
+            self._committing = True
+            await conn.execute(self._commit_and_notify if wakes else "COMMIT")
+        except BaseException:
+            if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
+                with contextlib.suppress(psycopg.Error):
+                    await conn.execute("ROLLBACK")
+            raise
+        return outcomes, retry
+
+
+# -- notifications ------------------------------------------------------------------------
+
+
+class Listener:
+    """A LISTEN connection that calls every callback on each wakeup; reconnects if it drops."""
+
+    def __init__(self, conninfo: str, channel: str) -> None:
+        self._conninfo = conninfo
+        self._listen = sql.SQL("LISTEN {}").format(sql.Identifier(channel))
+        self.callbacks: list[Callable[[], None]] = []
+        self._conn: Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Listen now (so nothing sent after this returns is missed), then keep listening."""
+        self._conn = await self._connect()
+        self._task = asyncio.create_task(self._main(), name="stepstone-postgres-listener")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._conn is not None:
+            await self._conn.close()
+
+    async def _connect(self) -> Connection:
+        conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+        try:
+            await conn.execute(self._listen)
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    def _wake(self) -> None:
+        for callback in self.callbacks:
+            try:
+                callback()
+            except Exception:
+                _log.exception("stepstone: a wakeup callback failed")
+
+    async def _main(self) -> None:
+        while True:
+            assert self._conn is not None
+            try:
+                async for _ in self._conn.notifies(timeout=_LISTEN_CHECK):
+                    self._wake()
+                await self._conn.execute("SELECT 1")
+                continue
+            except psycopg.Error as exc:
+                _log.warning("stepstone: lost the LISTEN connection (%s); reconnecting", one_line(exc))
+            await self._conn.close()
+            self._conn = await self._reconnect()
+            self._wake()  # notifications sent while disconnected are lost: look for work now
+
+    async def _reconnect(self) -> Connection:
+        delay = 0.5
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                return await self._connect()
+            except psycopg.Error as exc:
+                _log.warning("stepstone: cannot LISTEN yet (%s)", one_line(exc))
+                delay = min(delay * 2, 10.0)

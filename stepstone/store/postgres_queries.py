@@ -1,0 +1,260 @@
+"""The PostgreSQL store's SQL, by name. `{s}` stands for the quoted schema, filled in by the store.
+
+Parameters are psycopg's: `%s` by position, `%(name)s` by name.
+"""
+
+INSTANCE_COLUMNS = (
+    "pk, workflow, id, status, params, output, error, created_at, updated_at, wake_at, paused_status, "
+    "started_at, ended_at"
+)
+STEP_COLUMNS = (
+    "s.seq, s.kind, s.name, s.count, s.status, s.result, s.error_type, s.error_message, s.attempts, s.due_at, "
+    "s.started_at, s.ended_at"
+)
+
+REGISTER_WORKFLOWS = """
+INSERT INTO {s}.workflows (name, registered_at, seen_at)
+SELECT name, %(now)s, %(now)s FROM unnest(%(names)s::text[]) AS name
+ON CONFLICT (name) DO UPDATE SET seen_at = excluded.seen_at
+"""
+
+CREATE_INSTANCES = f"""
+INSERT INTO {{s}}.instances (workflow, id, status, params, created_at, updated_at)
+SELECT %(workflow)s, item.id, 'queued', item.params, %(now)s, %(now)s
+FROM unnest(%(ids)s::text[], %(params)s::text[]) WITH ORDINALITY AS item (id, params, position)
+ORDER BY item.position
+ON CONFLICT (workflow, id) DO NOTHING
+RETURNING {INSTANCE_COLUMNS}
+"""
+
+FIND_INSTANCE = f"SELECT {INSTANCE_COLUMNS} FROM {{s}}.instances WHERE workflow = %s AND id = %s"
+
+LOCK_INSTANCE = "SELECT pk, status, paused_status FROM {s}.instances WHERE workflow = %s AND id = %s FOR UPDATE"
+
+KEEP_EVENT = """
+WITH kept AS (
+    INSERT INTO {s}.events (instance_pk, type, payload, sent_at)
+    VALUES (%(pk)s, %(type)s, %(payload)s, %(now)s) RETURNING seq
+), woken AS (
+    -- Wake a waiting instance so that its run looks for the event (a paused one: on resume).
+    UPDATE {s}.instances SET wake_at = %(now)s
+    WHERE pk = %(pk)s AND (status = 'waiting' OR (status = 'paused' AND paused_status = 'waiting'))
+    RETURNING status
+)
+SELECT (SELECT seq FROM kept), (SELECT status FROM woken)
+"""
+
+# Restart from a step: delete it and the steps recorded after it; events they took go
+# too (ON DELETE CASCADE). The step itself is deleted, so no row deleted means no such step.
+DISCARD_STEPS_FROM = """
+DELETE FROM {s}.steps WHERE instance_pk = %(pk)s AND seq >= (
+    SELECT seq FROM {s}.steps WHERE instance_pk = %(pk)s AND kind = %(kind)s AND name = %(name)s AND count = %(count)s
+)
+"""
+DISCARD_STEPS = "DELETE FROM {s}.steps WHERE instance_pk = %(pk)s"
+
+RESTART = f"""
+UPDATE {{s}}.instances SET status = 'queued', output = NULL, error = NULL, wake_at = NULL, paused_status = NULL,
+    ended_at = NULL, lease_owner = NULL, lease_expires = NULL, lease_token = lease_token + 1, updated_at = %(now)s
+WHERE pk = %(pk)s RETURNING {INSTANCE_COLUMNS}
+"""
+
+TERMINATE = f"""
+UPDATE {{s}}.instances SET status = %(status)s, wake_at = NULL, paused_status = NULL, ended_at = %(now)s,
+    lease_owner = NULL, lease_expires = NULL, lease_token = lease_token + 1, updated_at = %(now)s
+WHERE pk = %(pk)s RETURNING {INSTANCE_COLUMNS}
+"""
+
+SET_STATUS = f"""
+UPDATE {{s}}.instances SET status = %(status)s, paused_status = %(paused_status)s, updated_at = %(now)s
+WHERE pk = %(pk)s RETURNING {INSTANCE_COLUMNS}
+"""
+
+DELETE_INSTANCE = "DELETE FROM {s}.instances WHERE workflow = %s AND id = %s"
+
+# Retention: the oldest ended instances first, workflow by workflow, skipping any that
+# another transaction holds (a restart, say).
+PRUNE = """
+WITH doomed AS (
+    SELECT c.pk FROM unnest(%(names)s::text[]) WITH ORDINALITY AS w (name, position), LATERAL (
+        SELECT pk, ended_at FROM {s}.instances
+        WHERE workflow = w.name AND status = %(status)s AND ended_at < %(ended_before)s
+        ORDER BY ended_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+    ) c
+    ORDER BY w.position, c.ended_at LIMIT %(limit)s
+)
+DELETE FROM {s}.instances WHERE pk IN (SELECT pk FROM doomed) RETURNING pk
+"""
+
+# A pause asked while a step ran takes effect when that step ends; a dead worker's step has ended.
+PAUSE_ABANDONED = """
+UPDATE {s}.instances SET status = 'paused', paused_status = 'queued', lease_owner = NULL, lease_expires = NULL,
+    updated_at = %(now)s
+WHERE pk IN (
+    SELECT pk FROM {s}.instances
+    WHERE status = 'waitingForPause' AND lease_expires < %(now)s AND workflow = ANY(%(names)s)
+    FOR UPDATE SKIP LOCKED
+)
+"""
+
+# Waking instances go first, then those whose worker died, then new ones. Each tier
+# walks one index range per workflow, in order (a lateral subquery per workflow), and
+# skips the rows another transaction holds, so that claimers never wait for each other.
+# (With several workflows, a tier may lock a few rows it then leaves: they are free
+# again at commit.)
+CLAIM = """
+WITH workflows AS (
+    SELECT name FROM unnest(%(names)s::text[]) AS name
+), due AS (
+    SELECT c.pk, true AS resumed, 1 AS tier, c.wake_at AS rank
+    FROM workflows w, LATERAL (
+        SELECT pk, wake_at FROM {s}.instances
+        WHERE status = 'waiting' AND workflow = w.name AND wake_at <= %(now)s
+        ORDER BY wake_at, pk LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+    ) c
+    ORDER BY c.wake_at, c.pk LIMIT %(limit)s
+), abandoned AS (
+    SELECT c.pk, true AS resumed, 2 AS tier, c.lease_expires AS rank
+    FROM workflows w, LATERAL (
+        SELECT pk, lease_expires FROM {s}.instances
+        WHERE status = 'running' AND workflow = w.name AND lease_expires < %(now)s
+        ORDER BY lease_expires, pk LIMIT greatest(%(limit)s - (SELECT count(*) FROM due), 0)
+        FOR UPDATE SKIP LOCKED
+    ) c
+    ORDER BY c.lease_expires, c.pk LIMIT greatest(%(limit)s - (SELECT count(*) FROM due), 0)
+), queued AS (
+    SELECT c.pk, c.started_at IS NOT NULL AS resumed, 3 AS tier, c.pk::double precision AS rank
+    FROM workflows w, LATERAL (
+        SELECT pk, started_at FROM {s}.instances
+        WHERE status = 'queued' AND workflow = w.name
+        ORDER BY pk LIMIT greatest(%(limit)s - (SELECT count(*) FROM due) - (SELECT count(*) FROM abandoned), 0)
+        FOR UPDATE SKIP LOCKED
+    ) c
+    ORDER BY c.pk LIMIT greatest(%(limit)s - (SELECT count(*) FROM due) - (SELECT count(*) FROM abandoned), 0)
+), picked AS (
+    SELECT * FROM due UNION ALL SELECT * FROM abandoned UNION ALL SELECT * FROM queued
+)
+UPDATE {s}.instances i SET status = 'running', lease_owner = %(worker)s, lease_expires = %(lease_until)s,
+    lease_token = i.lease_token + 1, started_at = coalesce(i.started_at, %(now)s), updated_at = %(now)s
+FROM picked WHERE i.pk = picked.pk
+RETURNING picked.tier, picked.rank, i.pk, i.workflow, i.id, i.params, i.created_at, i.lease_token, picked.resumed
+"""
+
+# When something of the workflows is next claimable: 0 if one is queued (when asked),
+# else the earliest timer or lease of another worker. Per workflow, so that each
+# minimum is the first entry of one index range.
+EARLIEST = """
+SELECT CASE WHEN %(queued)s AND EXISTS (
+    SELECT 1 FROM {s}.instances WHERE status = 'queued' AND workflow = ANY(%(names)s::text[])
+) THEN 0 ELSE (
+    SELECT least(min(timer.at), min(lease.at)) FROM unnest(%(names)s::text[]) AS w (name),
+    LATERAL (SELECT min(wake_at) AS at FROM {s}.instances WHERE status = 'waiting' AND workflow = w.name) timer,
+    LATERAL (
+        SELECT min(lease_expires) AS at FROM {s}.instances
+        WHERE status IN ('running', 'waitingForPause') AND workflow = w.name AND lease_owner <> %(worker)s
+    ) lease
+) END
+"""
+
+# The fence of a write: lock the instance row if the token still holds the lease (a run
+# that goes on also touches it, a run that ends updates it again later).
+LOCK_LEASED = (
+    "SELECT status FROM {s}.instances WHERE pk = %s AND lease_token = %s AND lease_owner IS NOT NULL FOR UPDATE"
+)
+TOUCH_LEASED = (
+    "UPDATE {s}.instances SET updated_at = %s WHERE pk = %s AND lease_token = %s AND lease_owner IS NOT NULL "
+    "RETURNING status"
+)
+
+# One statement per step: upsert it by key, append its attempts, take its event. It is
+# fenced by the token itself, so it changes nothing when the lease is lost and can be
+# sent before the answer of LOCK_LEASED arrives.
+RECORD_STEP = """
+WITH leased AS (
+    SELECT pk FROM {s}.instances WHERE pk = %(pk)s AND lease_token = %(token)s AND lease_owner IS NOT NULL
+), step AS (
+    INSERT INTO {s}.steps (instance_pk, kind, name, count, status, result, error_type, error_message, attempts,
+        due_at, started_at, ended_at)
+    SELECT pk, %(kind)s::text, %(name)s::text, %(count)s::integer, %(status)s::text, %(result)s::text,
+        %(error_type)s::text, %(error_message)s::text, %(attempts)s::integer, %(due_at)s::double precision,
+        %(started_at)s::double precision, %(ended_at)s::double precision
+    FROM leased
+    ON CONFLICT (instance_pk, kind, name, count) DO UPDATE SET status = excluded.status, result = excluded.result,
+        error_type = excluded.error_type, error_message = excluded.error_message, attempts = excluded.attempts,
+        due_at = excluded.due_at, ended_at = excluded.ended_at
+    RETURNING seq
+), logged AS (
+    INSERT INTO {s}.attempts (step_seq, attempt, started_at, ended_at, outcome, error_type, error_message)
+    SELECT step.seq, a.attempt, a.started_at, a.ended_at, a.outcome, a.error_type, a.error_message
+    FROM step, json_to_recordset(%(attempts_log)s::json) AS a (attempt integer, started_at double precision,
+        ended_at double precision, outcome text, error_type text, error_message text)
+    ON CONFLICT (step_seq, attempt) DO UPDATE SET started_at = excluded.started_at, ended_at = excluded.ended_at,
+        outcome = excluded.outcome, error_type = excluded.error_type, error_message = excluded.error_message
+), taken AS (
+    UPDATE {s}.events SET consumed_by = step.seq FROM step
+    WHERE events.seq = %(consume_event)s::bigint AND events.consumed_by IS NULL
+    RETURNING events.seq
+)
+SELECT count(*) FROM taken
+"""
+
+HAS_PENDING_EVENT = """
+SELECT EXISTS (
+    SELECT 1 FROM {s}.events WHERE instance_pk = %s AND consumed_by IS NULL AND type = ANY(%s::text[])
+)
+"""
+
+END_RUN = """
+UPDATE {s}.instances SET status = %(status)s, paused_status = %(paused_status)s, wake_at = %(wake_at)s,
+    output = %(output)s, error = %(error)s, ended_at = %(ended_at)s, lease_owner = NULL, lease_expires = NULL,
+    updated_at = %(now)s
+WHERE pk = %(pk)s
+"""
+
+RENEW_LEASES = """
+UPDATE {s}.instances i SET lease_expires = %(lease_until)s
+FROM unnest(%(pks)s::bigint[], %(tokens)s::bigint[]) AS held (pk, token)
+WHERE i.pk = held.pk AND i.lease_token = held.token AND i.lease_owner = %(worker)s
+RETURNING i.pk
+"""
+
+WORKER_SEEN = """
+INSERT INTO {s}.workers (id, host, pid, started_at, seen_at) VALUES (%(id)s, %(host)s, %(pid)s, %(now)s, %(now)s)
+ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at
+"""
+
+EXPIRE_WORKERS = """
+WITH expired AS (
+    UPDATE {s}.instances SET lease_expires = %(expired)s WHERE lease_owner = ANY(%(ids)s::text[]) RETURNING 1
+), forgotten AS (
+    DELETE FROM {s}.workers WHERE id = ANY(%(ids)s::text[])
+)
+SELECT count(*) FROM expired
+"""
+
+HISTORY = f"""
+SELECT {STEP_COLUMNS}, a.attempt, a.started_at, a.ended_at, a.outcome, a.error_type, a.error_message
+FROM {{s}}.steps s LEFT JOIN {{s}}.attempts a ON a.step_seq = s.seq
+WHERE s.instance_pk = %s ORDER BY s.seq, a.attempt
+"""
+
+LOAD_STEPS = f"SELECT {STEP_COLUMNS} FROM {{s}}.steps s WHERE s.instance_pk = %s ORDER BY s.seq"
+
+EVENTS = """
+SELECT e.seq, e.type, e.payload, e.sent_at, s.kind, s.name, s.count
+FROM {s}.events e LEFT JOIN {s}.steps s ON s.seq = e.consumed_by
+WHERE e.instance_pk = %s ORDER BY e.seq
+"""
+
+NEXT_EVENT = """
+SELECT seq, type, payload, sent_at FROM {s}.events
+WHERE instance_pk = %s AND type = %s AND consumed_by IS NULL ORDER BY seq LIMIT 1
+"""
+
+WORKFLOW_NAMES = "SELECT name FROM {s}.workflows ORDER BY name"
+
+STATUS_COUNTS = "SELECT status, count(*) FROM {s}.instances WHERE workflow = %s GROUP BY status"
+
+WORKERS_ON_HOST = "SELECT id, pid FROM {s}.workers WHERE host = %s"
+
+FORGET_WORKER = "DELETE FROM {s}.workers WHERE id = %s"

@@ -1,0 +1,230 @@
+"""What only the PostgreSQL store does: URLs and schemas, group commit and its recovery, LISTEN/NOTIFY."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import errors as pg_errors
+
+from stepstone.errors import InvalidInputError, StepstoneError
+from stepstone.store import from_url, postgres
+from stepstone.store.base import RunWrite
+from stepstone.store.postgres import PostgresStore
+from stepstone.store.postgres_connections import GroupCommit, Tx
+
+from .support import LEASE, T0, WF, Wakeups, create, do_step
+
+
+@asynccontextmanager
+async def opened(url: str, **options: Any) -> AsyncIterator[PostgresStore]:
+    store = PostgresStore(url, **options)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def submit(store: PostgresStore, job: Callable[[Tx], Awaitable[Any]]) -> Awaitable[Any]:
+    return store._write(job)
+
+
+def terminate_other_connections(url: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return len(rows)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+# -- URLs, schemas, migrations ------------------------------------------------------------------
+
+
+async def test_an_unreachable_server_is_named_without_its_password() -> None:
+    store = from_url("postgresql://alice:s3cret@127.0.0.1:1/app?connect_timeout=2")
+    with pytest.raises(
+        StepstoneError, match=r"cannot connect to PostgreSQL at postgresql://alice@127\.0\.0\.1:1/app"
+    ) as info:
+        await store.open()
+    assert "s3cret" not in str(info.value)
+
+
+def test_passwords_are_redacted_from_urls() -> None:
+    assert postgres.redact("postgresql://u:pw@h:5432/db?sslmode=require&password=pw2") == (
+        "postgresql://u@h:5432/db?sslmode=require"
+    )
+    assert postgres.redact("postgres://h/db") == "postgres://h/db"
+
+
+@pytest.mark.parametrize("scheme", ["postgres", "postgresql+psycopg"])
+async def test_other_url_schemes_name_the_same_database(pg_url: str, scheme: str) -> None:
+    url = pg_url.replace("postgresql", scheme, 1)
+    store = from_url(url)
+    assert isinstance(store, PostgresStore)
+    await store.open()
+    try:
+        await create(store, "a")
+    finally:
+        await store.close()
+    async with opened(pg_url) as same:
+        assert (await same.get_instance(WF, "a")).id == "a"
+
+
+@pytest.mark.parametrize("schema", ["", "1abc", "has space", "semi;colon", 'quo"te', "x" * 64])
+def test_a_schema_name_must_be_an_identifier(pg_url: str, schema: str) -> None:
+    with pytest.raises(InvalidInputError, match="schema name"):
+        PostgresStore(pg_url, schema=schema)
+
+
+@pytest.mark.parametrize(("low", "high"), [(0, 5), (3, 2), (1, 1)])
+def test_the_pool_needs_room_for_the_writer_and_readers(pg_url: str, low: int, high: int) -> None:
+    with pytest.raises(InvalidInputError, match="pool size"):
+        PostgresStore(pg_url, min_connections=low, max_connections=high)
+
+
+async def test_schemas_keep_deployments_in_one_database_apart(pg_url: str) -> None:
+    async with opened(pg_url) as default, opened(pg_url, schema="Tenant_B") as tenant:
+        await create(default, "a")
+        await create(tenant, "a")
+        await tenant.control(WF, "a", "pause", T0)
+        assert (await default.get_instance(WF, "a")).status == "queued"
+        assert (await tenant.get_instance(WF, "a")).status == "paused"
+        wakeups = Wakeups()
+        await default.subscribe_wakeups(wakeups)
+        await create(tenant, "b")  # another schema's channel: no wakeup here
+        await create(default, "b")
+        assert await wakeups.arrive()
+        assert wakeups.count == 1
+
+
+async def test_concurrent_opens_of_a_fresh_schema_migrate_it_once(pg_url: str) -> None:
+    stores = [PostgresStore(pg_url, schema="fresh", min_connections=1, max_connections=2) for _ in range(6)]
+    try:
+        await asyncio.gather(*(store.open() for store in stores))
+        await create(stores[0], "a")
+        assert (await stores[5].get_instance(WF, "a")).id == "a"
+    finally:
+        await asyncio.gather(*(store.close() for store in stores))
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT version FROM fresh.schema_version").fetchall() == [(1,)]
+
+
+# -- group commit -------------------------------------------------------------------------------
+
+
+async def test_concurrent_writes_share_commits(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    batches: list[int] = []
+    transaction = GroupCommit._transaction
+
+    async def counted(self: GroupCommit, conn: Any, batch: list[Any]) -> Any:
+        batches.append(len(batch))
+        return await transaction(self, conn, batch)
+
+    monkeypatch.setattr(GroupCommit, "_transaction", counted)
+    async with opened(pg_url) as store:
+        await store.create_instances(WF, [(f"i{n}", "{}") for n in range(200)], T0)
+        leases = (await store.claim("w1", [WF], 200, T0, T0 + LEASE)).claims
+        batches.clear()
+        await asyncio.gather(*(store.write(RunWrite(c.pk, c.token, T0 + 1, steps=[do_step("a")])) for c in leases))
+        assert sum(batches) == 200
+        assert len(batches) <= 200 // 32
+        assert max(batches) <= 64  # each job is a subtransaction: stay within PostgreSQL's cache
+
+
+async def test_a_job_that_loses_a_deadlock_is_run_again_after_the_commit(pg_url: str) -> None:
+    async with opened(pg_url) as store:
+        tries: list[int] = []
+
+        async def flaky(tx: Tx) -> str:
+            tries.append(len(tries) + 1)
+            await tx.conn.execute("INSERT INTO stepstone.workflows VALUES (%s, 0, 0)", (f"try-{len(tries)}",))
+            if len(tries) < 3:
+                raise pg_errors.DeadlockDetected("simulated")
+            return "done"
+
+        async def hopeless(tx: Tx) -> None:
+            raise pg_errors.DeadlockDetected("always")
+
+        assert await submit(store, flaky) == "done"
+        assert tries == [1, 2, 3]
+        assert await store.workflow_names() == ["try-3"]  # the failed tries left nothing
+        with pytest.raises(pg_errors.DeadlockDetected, match="always"):
+            await submit(store, hopeless)
+
+
+async def test_crossing_row_locks_of_two_processes_still_land_every_write(pg_url: str) -> None:
+    # Each store locks "x" then "y" in one batch while the other locks "y" then "x".
+    url = pg_url + "?options=-c%20deadlock_timeout%3D50ms"
+    async with opened(url) as one, opened(url) as two:
+        await create(one, "x", "y")
+        for _ in range(5):
+            await asyncio.gather(
+                one.send_event(WF, "x", "t", "1", T0),
+                one.send_event(WF, "y", "t", "1", T0),
+                two.send_event(WF, "y", "t", "2", T0),
+                two.send_event(WF, "x", "t", "2", T0),
+            )
+        for instance_id in ("x", "y"):
+            pk = (await one.get_instance(WF, instance_id)).pk
+            assert len(await one.events(pk)) == 10
+
+
+async def test_the_store_recovers_when_its_connections_are_cut(pg_url: str) -> None:
+    async with opened(pg_url) as store:
+        await create(store, "before")
+        assert terminate_other_connections(pg_url) >= 2
+        await create(store, "after")  # the writer's connection was cut: the batch runs again
+        assert (await store.get_instance(WF, "before")).id == "before"
+        assert await store.status_counts(WF) == {"queued": 2}
+
+
+async def test_a_failed_job_sends_no_wakeup(pg_url: str) -> None:
+    async with opened(pg_url) as worker, opened(pg_url) as client:
+        await create(client, "a")
+        wakeups = Wakeups()
+        await worker.subscribe_wakeups(wakeups)
+        with pytest.raises(StepstoneError):
+            await create(client, "b", "a")  # exists: rolled back, its notification with it
+        await create(client, "c")
+        assert await wakeups.arrive()
+        assert wakeups.count == 1
+
+
+# -- LISTEN -------------------------------------------------------------------------------------
+
+
+async def test_the_listener_reconnects_and_looks_for_work_at_once(pg_url: str) -> None:
+    async with opened(pg_url) as worker, opened(pg_url) as client:
+        wakeups = Wakeups()
+        await worker.subscribe_wakeups(wakeups)
+        assert terminate_other_connections(pg_url) >= 1
+        assert await until(lambda: wakeups.count >= 1), "no wakeup after the LISTEN connection came back"
+        seen = wakeups.count
+        await create(client, "a")
+        assert await until(lambda: wakeups.count > seen), "no wakeup after a create, once reconnected"
+
+
+async def test_every_subscriber_is_called(pg_url: str) -> None:
+    async with opened(pg_url) as worker, opened(pg_url) as client:
+        first, second = Wakeups(), Wakeups()
+        await worker.subscribe_wakeups(first)
+        await worker.subscribe_wakeups(second)
+        await create(client, "a")
+        assert await first.arrive()
+        assert await second.arrive()
