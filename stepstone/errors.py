@@ -34,19 +34,21 @@ class InvalidInputError(StepstoneError, ValueError):
 class LimitExceededError(InvalidInputError):
     """A value breaks one of the engine's `Limits`."""
 
-    def __init__(self, message: str, *, limit: str, value: Any) -> None:
+    def __init__(self, message: str, *, limit: int, value: int, limit_name: str) -> None:
         super().__init__(message)
         self.limit = limit
-        """The name of the limit, e.g. `"max_value_bytes"`."""
+        """The limit that was broken, e.g. 1048576 (bytes)."""
         self.value = value
         """The offending figure (a size, a length or a count)."""
+        self.limit_name = limit_name
+        """Which limit, as named in `Limits`: max_value_bytes, max_step_name or max_steps."""
 
     def __reduce__(self) -> Any:
-        return (_rebuild_limit_error, (str(self), self.limit, self.value))
+        return (_rebuild_limit_error, (str(self), self.limit, self.value, self.limit_name))
 
 
-def _rebuild_limit_error(message: str, limit: str, value: Any) -> LimitExceededError:
-    return LimitExceededError(message, limit=limit, value=value)
+def _rebuild_limit_error(message: str, limit: int, value: int, limit_name: str) -> LimitExceededError:
+    return LimitExceededError(message, limit=limit, value=value, limit_name=limit_name)
 
 
 class WorkflowNotFoundError(StepstoneError, LookupError):

@@ -306,13 +306,16 @@ class Run:
         block = _Block(wake_at, write, wait_type)
         self.blocked[key] = block
         self._maybe_suspend()
+        suspended = False
         try:
             timeout = None if wake_at is None else max(0.0, wake_at - clock.now())
             await asyncio.wait([block.wakeup], timeout=timeout)
-            if block.wakeup.done():
-                block.wakeup.result()  # raises Suspend
         finally:
             self.blocked.pop(key, None)
+            # Read the outcome even when cancelled, so that no Suspend goes unretrieved.
+            suspended = block.wakeup.done() and block.wakeup.exception() is not None
+        if suspended:
+            raise Suspend
 
     def _maybe_suspend(self, turn: int = 0) -> None:
         """Suspend once every branch is blocked and no step runs, after letting the loop settle."""
@@ -346,8 +349,9 @@ class Run:
             raise LimitExceededError(
                 f"step name {name[:40]!r}... is {len(name)} characters; limit is "
                 f"{self.limits.max_step_name} (max_step_name)",
-                limit="max_step_name",
+                limit=self.limits.max_step_name,
                 value=len(name),
+                limit_name="max_step_name",
             )
         count = self.counters.get((kind, name), 0) + 1
         self.counters[(kind, name)] = count
@@ -359,8 +363,9 @@ class Run:
             raise LimitExceededError(
                 f"instance {self.claim.id!r} reached {self.step_total} steps; limit is "
                 f"{self.limits.max_steps} (max_steps)",
-                limit="max_steps",
+                limit=self.limits.max_steps,
                 value=self.step_total,
+                limit_name="max_steps",
             )
 
     def do(self, name: object, fn: Callable[..., Any], config: StepConfig) -> Coroutine[Any, Any, Any]:

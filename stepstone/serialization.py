@@ -76,8 +76,9 @@ def check_size(text: str, limit: int, *, what: str) -> None:
     if size > limit:
         raise LimitExceededError(
             f"{what} is {size} bytes serialized; limit is {limit} (max_value_bytes)",
-            limit="max_value_bytes",
+            limit=limit,
             value=size,
+            limit_name="max_value_bytes",
         )
 
 

@@ -31,8 +31,8 @@ def assert_names_limit_and_value(exc: LimitExceededError, name: str, limit: int,
     """The error names the limit and the offending value, as attributes and in its message."""
     assert isinstance(exc, ValueError)
     assert exc.value == value
-    assert exc.limit in (name, limit)  # SPEC: "with .limit and .value"
-    assert name in str(exc) or str(limit) in str(exc)
+    assert (exc.limit, exc.limit_name) == (limit, name)  # SPEC: "with .limit and .value"
+    assert name in str(exc) and str(limit) in str(exc)
     assert str(value) in str(exc)
 
 
