@@ -1,4 +1,4 @@
-"""The `stepstone` command line: run workers (and, later, the HTTP API) for an APP."""
+"""The `stepstone` command line: run workers and the HTTP API for an APP, and steer instances."""
 
 from __future__ import annotations
 
@@ -53,22 +53,39 @@ async def _serve(engine: Engine) -> None:
         click.echo("stepstone worker stopping: handing running instances back", err=True)
 
 
-def _run_worker(app: str, db: str | None, concurrency: int | None) -> None:
+def _load(app: str, db: str | None, concurrency: int | None, *, worker: bool) -> Engine:
+    """The Engine APP names, with --db and --concurrency applied; a worker needs workflows to serve."""
     from stepstone.cli.loader import load_engine
 
+    engine = load_engine(app)
+    if db is not None:
+        engine.url = db
+    if concurrency is not None:
+        if concurrency < 1:
+            raise InvalidInputError(f"invalid --concurrency {concurrency}: expected an integer >= 1")
+        engine.concurrency = concurrency
+    if worker and not engine.workflows:
+        raise InvalidInputError(f"invalid APP {app!r}: its Engine serves no workflows (workflows=[...])")
+    engine.run_worker = worker
+    return engine
+
+
+def _run_worker(app: str, db: str | None, concurrency: int | None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        engine = load_engine(app)
-        if db is not None:
-            engine.url = db
-        if concurrency is not None:
-            if concurrency < 1:
-                raise InvalidInputError(f"invalid --concurrency {concurrency}: expected an integer >= 1")
-            engine.concurrency = concurrency
-        if not engine.workflows:
-            raise InvalidInputError(f"invalid APP {app!r}: its Engine serves no workflows (workflows=[...])")
-        engine.run_worker = True
-        asyncio.run(_serve(engine))
+        asyncio.run(_serve(_load(app, db, concurrency, worker=True)))
+    except StepstoneError as exc:
+        fail(exc)
+
+
+def _run_api(app: str, db: str | None, host: str, port: int, *, worker: bool, concurrency: int | None = None) -> None:
+    """Serve the HTTP API for APP (with a worker in this process if `worker`) until SIGINT or SIGTERM."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        engine = _load(app, db, concurrency, worker=worker)
+        from stepstone.http import server  # Starlette and uvicorn load only for the commands that serve
+
+        server.run(engine, host=host, port=port)
     except StepstoneError as exc:
         fail(exc)
 
@@ -91,13 +108,35 @@ def worker(app: str, db: str | None, concurrency: int | None) -> None:
     _run_worker(app, db, concurrency)
 
 
+_host_option = click.option("--host", default="127.0.0.1", show_default=True, help="Address the HTTP API listens on.")
+_port_option = click.option(
+    "--port", type=int, default=8787, show_default=True, help="Port the HTTP API listens on (0: any free port)."
+)
+
+
+@main.command()
+@click.argument("app")
+@_db_option
+@_host_option
+@_port_option
+def serve(app: str, db: str | None, host: str, port: int) -> None:
+    """Serve the HTTP API for APP's store (a client: `stepstone worker` processes run the instances).
+
+    With $STEPSTONE_API_TOKEN set, every request needs `Authorization: Bearer <token>`;
+    without it, only a loopback --host is allowed.
+    """
+    _run_api(app, db, host, port, worker=False)
+
+
 @main.command()
 @click.argument("app")
 @_db_option
 @click.option("--concurrency", type=int, help="Instances run at once by this worker.")
-def dev(app: str, db: str | None, concurrency: int | None) -> None:
-    """Run APP for development: a worker in this process (SQLite unless --db says otherwise)."""
-    _run_worker(app, db, concurrency)
+@_host_option
+@_port_option
+def dev(app: str, db: str | None, concurrency: int | None, host: str, port: int) -> None:
+    """Run APP for development: a worker and the HTTP API in this process (SQLite unless --db says otherwise)."""
+    _run_api(app, db, host, port, worker=True, concurrency=concurrency)
 
 
 def _add_instance_commands() -> None:

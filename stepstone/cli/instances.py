@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -117,14 +118,43 @@ def _resolve(engine: Any, workflow: str, instance_id: str) -> Awaitable[Any]:
 @instances.command("describe")
 @click.argument("workflow")
 @click.argument("instance_id", metavar="ID", default="latest")
+@click.option("--follow", is_flag=True, help="Keep showing the instance as it changes, until it ends.")
 @common_options
-def instances_describe(workflow: str, instance_id: str, db: str | None, as_json: bool) -> None:
+def instances_describe(workflow: str, instance_id: str, follow: bool, db: str | None, as_json: bool) -> None:
     """Show an instance (ID, or `latest`): status, params, output or error, and its steps."""
 
     async def action(engine: Any) -> Any:
-        return await (await _resolve(engine, workflow, instance_id)).describe()
+        inst = await _resolve(engine, workflow, instance_id)
+        return await (_follow(inst, as_json) if follow else inst.describe())
 
     output.instance_detail(run_client(db, action), as_json)
+
+
+async def _follow(inst: Any, as_json: bool) -> Any:
+    """Redraw the instance as it changes (JSON: one line per change) until it ends; returns its last state."""
+    from rich.live import Live
+
+    from stepstone.store.base import is_terminal
+
+    detail = await inst.describe()
+    if as_json:
+        while not is_terminal(detail.status):
+            click.echo(json.dumps(output.detail_json(detail), default=str))
+            detail = await _changed(inst, detail)
+        return detail
+    with Live(output.detail_view(detail), console=output.console(), auto_refresh=False) as live:
+        while not is_terminal(detail.status):
+            detail = await _changed(inst, detail)
+            live.update(output.detail_view(detail), refresh=True)
+    return detail
+
+
+async def _changed(inst: Any, detail: Any, every: float = 0.25) -> Any:
+    while True:
+        await asyncio.sleep(every)
+        latest = await inst.describe()
+        if latest != detail:
+            return latest
 
 
 def _control(name: str, doc: str) -> None:
@@ -151,6 +181,36 @@ for _name, _doc in (
     ("delete", "Delete an instance and its history."),
 ):
     _control(_name, _doc)
+
+
+@instances.command("terminate-all")
+@click.argument("workflow")
+@click.option("--status", help="Only instances of this status (default: every one that has not ended).")
+@common_options
+def instances_terminate_all(workflow: str, status: str | None, db: str | None, as_json: bool) -> None:
+    """Terminate every instance of a workflow (or those of one status)."""
+    from stepstone.errors import InvalidStateError, StepstoneError
+    from stepstone.store.base import is_terminal
+
+    async def action(engine: Any) -> int:
+        handle = engine.workflow(workflow)
+        terminated, cursor = 0, None
+        while True:
+            page = await handle.list(status=status, limit=500, cursor=cursor)
+            for inst in page:
+                if status is None and is_terminal((await inst.status()).status):
+                    continue
+                try:
+                    await inst.terminate()
+                    terminated += 1
+                except (InvalidStateError, StepstoneError):
+                    pass  # ended or deleted meanwhile
+            cursor = page.next_cursor
+            if cursor is None:
+                return terminated
+
+    count = run_client(db, action)
+    output.done(f"terminated {count} instances of {workflow}", {"terminated": count}, as_json)
 
 
 @instances.command("restart")
@@ -211,20 +271,41 @@ def instances_send_event(
 @click.argument("params_argument", metavar="[PARAMS]", required=False)
 @click.option("--params", metavar="JSON", help="The instance's params, as JSON.")
 @click.option("--id", "instance_id", help="The instance id (default: generated).")
+@click.option("--wait", is_flag=True, help="Wait until the instance ends; show its progress and outcome.")
+@click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds (exit 1).")
 @common_options
 def trigger(
-    workflow: str, params_argument: str | None, params: str | None, instance_id: str | None, db: str | None,
-    as_json: bool,
+    workflow: str, params_argument: str | None, params: str | None, instance_id: str | None, wait: bool,
+    timeout: float | None, db: str | None, as_json: bool,
 ) -> None:  # fmt: skip
-    """Create an instance of WORKFLOW; prints its id."""
+    """Create an instance of WORKFLOW; prints its id (and with --wait, how it ended)."""
     value = parse_json(params if params is not None else params_argument, "--params")
 
-    async def action(engine: Any) -> str:
+    async def action(engine: Any) -> Any:
         inst = await engine.workflow(workflow).create(id=instance_id, params=value)
-        return str(inst.id)
+        if not wait:
+            return inst.id, None
+        if not as_json:
+            click.echo(inst.id)
+        follow = _follow(inst, as_json=False) if not as_json else inst.describe()
+        try:
+            async with asyncio.timeout(timeout):
+                await follow
+                await inst.wait()
+        except TimeoutError:
+            from stepstone.cli import fail
+            from stepstone.errors import StepstoneError
 
-    new_id = run_client(db, action)
-    if as_json:
+            fail(StepstoneError(f"instance {inst.id!r} did not end within {timeout:g} s"))
+        return inst.id, await inst.describe()
+
+    new_id, detail = run_client(db, action)
+    if detail is not None:
+        if as_json:
+            output.print_json(output.detail_json(detail))
+        if detail.status != "complete":
+            sys.exit(1)
+    elif as_json:
         click.echo(json.dumps({"id": new_id, "workflow": workflow, "status": "queued"}))
     else:
         click.echo(new_id)

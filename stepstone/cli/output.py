@@ -30,7 +30,7 @@ def detail_json(detail: InstanceDetail, *, steps: bool = True) -> dict[str, Any]
     return data
 
 
-def _console() -> Any:
+def console() -> Any:
     from rich.console import Console
 
     return Console()
@@ -52,7 +52,7 @@ def workflows(rows: list[dict[str, Any]], as_json: bool) -> None:
         table.add_row(
             row["name"], str(sum(counts.values())), ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "-"
         )
-    _console().print(table)
+    console().print(table)
 
 
 def instance_list(details: list[InstanceDetail], next_cursor: str | None, as_json: bool) -> None:
@@ -64,26 +64,26 @@ def instance_list(details: list[InstanceDetail], next_cursor: str | None, as_jso
     table = Table("id", "status", "created", "updated")
     for d in details:
         table.add_row(d.id, d.status, _when(d.created), _when(d.updated))
-    console = _console()
-    console.print(table)
+    screen = console()
+    screen.print(table)
     if next_cursor is not None:
-        console.print(f"more: --cursor {next_cursor}")
+        screen.print(f"more: --cursor {next_cursor}")
 
 
-def instance_detail(detail: InstanceDetail, as_json: bool) -> None:
-    if as_json:
-        print_json(detail_json(detail))
-        return
+def detail_view(detail: InstanceDetail) -> Any:
+    """A rich renderable of an instance: its header and a table of its steps."""
+    from rich.console import Group
     from rich.table import Table
 
-    console = _console()
-    console.print(f"[bold]{detail.workflow}/{detail.id}[/bold]  {detail.status}")
-    console.print(f"created {_when(detail.created)}  updated {_when(detail.updated)}")
-    console.print(f"params  {json.dumps(detail.params)}")
+    lines = [
+        f"[bold]{detail.workflow}/{detail.id}[/bold]  {detail.status}",
+        f"created {_when(detail.created)}  updated {_when(detail.updated)}",
+        f"params  {json.dumps(detail.params)}",
+    ]
     if detail.output is not None:
-        console.print(f"output  {json.dumps(detail.output)}")
+        lines.append(f"output  {json.dumps(detail.output)}")
     if detail.error is not None:
-        console.print(f"error   {detail.error.get('name')}: {detail.error.get('message')}")
+        lines.append(f"error   {detail.error.get('name')}: {detail.error.get('message')}")
     table = Table("step", "type", "status", "attempts", "started", "due / ended")
     for step in detail.steps:
         attempts = ", ".join(
@@ -94,7 +94,14 @@ def instance_detail(detail: InstanceDetail, as_json: bool) -> None:
         label = step.name if step.count == 1 else f"{step.name} #{step.count}"
         end = _when(step.ended) if step.ended else f"due {_when(step.due)}"
         table.add_row(label, step.kind, step.status, attempts or "-", _when(step.started), end)
-    console.print(table)
+    return Group(*lines, table)
+
+
+def instance_detail(detail: InstanceDetail, as_json: bool) -> None:
+    if as_json:
+        print_json(detail_json(detail))
+    else:
+        console().print(detail_view(detail))
 
 
 def done(message: str, data: dict[str, Any], as_json: bool) -> None:

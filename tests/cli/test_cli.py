@@ -64,13 +64,14 @@ def worker(registered: str) -> Iterator[subprocess.Popen[str]]:
 
 
 def wait_for_status(url: str, instance_id: str, status: str, timeout: float = 20) -> dict[str, Any]:
+    """Poll `describe` until the instance (which may not exist yet) has `status`."""
     deadline = time.monotonic() + timeout
     while True:
-        described = cli("instances", "describe", "greeter", instance_id, "--json", url=url)
-        detail: dict[str, Any] = json.loads(described.stdout)
-        if detail["status"] == status or time.monotonic() > deadline:
-            assert detail["status"] == status, detail
+        described = cli("instances", "describe", "greeter", instance_id, "--json", url=url, check=False)
+        detail: dict[str, Any] = json.loads(described.stdout) if described.returncode == 0 else {"status": None}
+        if detail["status"] == status:
             return detail
+        assert time.monotonic() < deadline, (described.stderr, detail)
         time.sleep(0.05)
 
 
@@ -150,3 +151,52 @@ def test_app_forms_and_bad_apps(registered: str, tmp_path: Path) -> None:
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=10) == 0
             process.stderr.close()
+
+
+def test_trigger_wait_shows_how_the_instance_ended(registered: str, worker: subprocess.Popen[str]) -> None:
+    waiting = subprocess.Popen(
+        [*STEPSTONE, "trigger", "greeter", '{"who": "di"}', "--id", "w-1", "--wait", "--json", "--db", registered],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_status(registered, "w-1", "waiting")
+        cli("instances", "send-event", "greeter", "w-1", "reply", "--payload", '"ok"', url=registered)
+    finally:
+        out, _ = waiting.communicate(timeout=30)
+    assert waiting.returncode == 0
+    assert json.loads(out)["output"] == {"greeting": "hello di", "reply": "ok"}
+
+
+def test_trigger_wait_gives_up_after_its_timeout(registered: str) -> None:
+    result = cli("trigger", "greeter", "{}", "--wait", "--timeout", "0.5", url=registered, check=False)
+    assert_one_line_error(result, 1)
+
+
+def test_describe_follow_prints_changes_until_the_instance_ends(registered: str, worker: subprocess.Popen[str]) -> None:
+    cli("trigger", "greeter", '{"who": "ed"}', "--id", "f-1", url=registered)
+    wait_for_status(registered, "f-1", "waiting")
+    following = subprocess.Popen(
+        [*STEPSTONE, "instances", "describe", "greeter", "f-1", "--follow", "--json", "--db", registered],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert following.stdout is not None
+    try:
+        assert json.loads(following.stdout.readline())["status"] == "waiting"
+        cli("instances", "send-event", "greeter", "f-1", "reply", "--payload", "1", url=registered)
+    finally:
+        out, _ = following.communicate(timeout=30)
+    assert following.returncode == 0
+    assert '"status": "complete"' in out
+
+
+def test_terminate_all_ends_every_unfinished_instance(registered: str) -> None:
+    for name in ("t-1", "t-2", "t-3"):
+        cli("trigger", "greeter", "{}", "--id", name, url=registered)
+    cli("instances", "pause", "greeter", "t-3", url=registered)
+    assert json.loads(cli("instances", "terminate-all", "greeter", "--json", url=registered).stdout) == {
+        "terminated": 3
+    }
+    listed = json.loads(cli("instances", "list", "greeter", "--json", url=registered).stdout)
+    assert {row["status"] for row in listed} == {"terminated"}
