@@ -1,5 +1,6 @@
 """stepstone: durable execution for Python. Cloudflare Workflows' model on SQLite or PostgreSQL."""
 
+from stepstone.blocking import BlockingClient
 from stepstone.engine import Engine
 from stepstone.errors import (
     InstanceExistsError,
@@ -24,6 +25,7 @@ from stepstone.workflow import Event, Workflow, WorkflowEvent
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlockingClient",
     "Engine",
     "Event",
     "Instance",

@@ -34,6 +34,7 @@ SPEC_NAMES = [
 # Retention (SPEC §6, finished instances kept for a configurable time).
 EXPORTED = [
     *SPEC_NAMES,
+    "BlockingClient",
     "Instance",
     "InstanceDetail",
     "InstanceList",
