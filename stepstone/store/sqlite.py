@@ -189,15 +189,24 @@ class _ConnectionThread:
         outcomes: list[tuple[_Job, Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for job in batch:
-                conn.execute("SAVEPOINT job")
+            if len(batch) == 1:  # alone in its transaction: no savepoint needed
+                job = batch[0]
                 try:
                     outcomes.append((job, job.fn(conn), None))
                 except BaseException as exc:
-                    conn.execute("ROLLBACK TO job")
+                    conn.execute("ROLLBACK")
                     outcomes.append((job, None, exc))
-                conn.execute("RELEASE job")
-            conn.execute("COMMIT")
+            else:
+                for job in batch:
+                    conn.execute("SAVEPOINT job")
+                    try:
+                        outcomes.append((job, job.fn(conn), None))
+                    except BaseException as exc:
+                        conn.execute("ROLLBACK TO job")
+                        outcomes.append((job, None, exc))
+                    conn.execute("RELEASE job")
+            if conn.in_transaction:
+                conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -626,8 +635,11 @@ def _discard_history(conn: sqlite3.Connection, pk: int, from_step: StepKey | Non
 
 def _write_run(conn: sqlite3.Connection, run: RunWrite) -> Status:
     # The token names this lease; a lease given up (the run ended, a pause took effect) has no owner.
+    # Touching the row checks the fence and reads the status in one statement.
     row = conn.execute(
-        "SELECT status FROM instances WHERE pk = ? AND lease_token = ? AND lease_owner IS NOT NULL", (run.pk, run.token)
+        "UPDATE instances SET updated_at = ? WHERE pk = ? AND lease_token = ? AND lease_owner IS NOT NULL "
+        "RETURNING status",
+        (run.now, run.pk, run.token),
     ).fetchone()
     if row is None:
         raise LeaseLostError(f"instance {run.pk} is no longer leased with token {run.token}")
@@ -670,7 +682,6 @@ def _write_run(conn: sqlite3.Connection, run: RunWrite) -> Status:
             if taken.rowcount != 1:
                 raise LeaseLostError(f"event {step.consume_event} was taken or removed meanwhile")
     if run.end is None:
-        conn.execute("UPDATE instances SET updated_at = ? WHERE pk = ?", (run.now, run.pk))
         return status  # type: ignore[return-value]
     wake_at = run.wake_at
     if run.end == "waiting" and run.wait_types:
