@@ -1,0 +1,83 @@
+"""`create_app`: the ASGI application of the HTTP API, for an Engine."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+from stepstone.engine import Engine
+from stepstone.errors import StepstoneError
+from stepstone.http import auth
+from stepstone.http.responses import ApiError, failure
+from stepstone.http.routes import ROUTES, Api
+
+_MARGIN = 64 * 1024
+"""Room in a body for JSON around (and whitespace inside) a value of the largest size."""
+_MIN_BODY_CAP = 16 * 1024 * 1024
+
+
+def create_app(
+    engine: Engine,
+    *,
+    token: str | None = None,
+    max_body_bytes: int | None = None,
+    max_batch: int = 100,
+    poll_interval: float = 0.5,
+) -> Starlette:
+    """The HTTP API for `engine`'s store (see routes.py for the endpoints).
+
+    `token`: the bearer token every request must carry; None takes $STEPSTONE_API_TOKEN
+    (no token when that is unset too). `max_body_bytes`: largest request body read
+    (default: the larger of 16 MiB and twice the engine's `max_value_bytes`). Values
+    inside are still checked against the engine's Limits. `poll_interval`: seconds
+    between a live stream's reads of the store.
+
+    The engine must be started while the app serves; the app's lifespan starts (and
+    then closes) it if the server runs lifespan events and nobody started it before.
+    """
+    if max_body_bytes is None:
+        max_body_bytes = max(_MIN_BODY_CAP, 2 * engine.limits.max_value_bytes + _MARGIN)
+    api = Api(engine, max_body_bytes=max_body_bytes, max_batch=max_batch, poll_interval=poll_interval)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        started_here = False
+        try:
+            engine.store  # noqa: B018 -- raises if the engine is not started
+        except StepstoneError:
+            await engine.start()
+            started_here = True
+        try:
+            yield
+        finally:
+            api.stopping.set()
+            if started_here:
+                await engine.close()
+
+    app = Starlette(
+        routes=ROUTES,
+        middleware=[Middleware(auth.BearerAuth, token=token if token is not None else auth.token_from_env())],
+        exception_handlers={HTTPException: _routing_error},
+        lifespan=lifespan,
+    )
+    app.state.api = api
+    return app
+
+
+def stop_streams(app: Starlette) -> None:
+    """End every live stream now (a server stopping need not wait for its clients to leave)."""
+    api: Api = app.state.api
+    api.stopping.set()
+
+
+async def _routing_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 (no such path) and 405 (no such method), in our envelope."""
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_input")
+    return failure(ApiError(code, f"{exc.detail}: {request.method} {request.url.path}"), headers=exc.headers)

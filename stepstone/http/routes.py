@@ -1,0 +1,284 @@
+"""The endpoints: Cloudflare's Workflows REST API, less the `/accounts/{account_id}` prefix.
+
+Each endpoint does what the matching `WorkflowHandle` / `Instance` call does, and
+answers with the envelope of responses.py. Instances are rendered by the CLI's
+`detail_json`, so `stepstone instances describe --json` and this API print one shape.
+`ROUTES` is the routing table; openapi.py documents exactly these (a test checks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from stepstone.cli.output import detail_json
+from stepstone.durations import to_datetime
+from stepstone.engine import Engine
+from stepstone.errors import InstanceNotFoundError, WorkflowNotFoundError
+from stepstone.http import inputs, stream
+from stepstone.http.openapi import OPENAPI
+from stepstone.http.responses import ApiError, JSONResponse, api_error, failure, ok
+from stepstone.instances import Instance, WorkflowHandle
+from stepstone.store.base import STATUSES, InstanceRecord
+
+MAX_PER_PAGE = 100
+DEFAULT_PER_PAGE = 50
+_SCAN = 200
+"""Instances read at a time while skipping those outside a date range."""
+
+
+@dataclass
+class Api:
+    """What the endpoints share: the engine, the API's caps, and the signal that ends live streams."""
+
+    engine: Engine
+    max_body_bytes: int
+    """Largest request body read; more is answered 413 before it is parsed."""
+    max_batch: int = 100
+    """Most instances one batch creates (Cloudflare's cap too)."""
+    poll_interval: float = 0.5
+    """Seconds between a live stream's reads of the store."""
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the server stops, so live streams end and shutdown need not wait for clients."""
+
+
+Endpoint = Callable[[Request, Api], Awaitable[Response]]
+
+
+def _endpoint(fn: Endpoint) -> Callable[[Request], Awaitable[Response]]:
+    """Give `fn` the Api, and answer any failure as JSON with its code (never a traceback)."""
+
+    async def answer(request: Request) -> Response:
+        try:
+            return await fn(request, request.app.state.api)
+        except ClientDisconnect:  # gone while sending its body: nobody reads the answer, nothing to log
+            return failure(ApiError("invalid_input", "the client went away while sending the request body"))
+        except Exception as exc:
+            return failure(api_error(exc))
+
+    answer.__name__ = fn.__name__
+    answer.__doc__ = fn.__doc__
+    return answer
+
+
+async def _workflow(engine: Engine, name: str) -> WorkflowHandle:
+    """The workflow's handle; one recorded by an Engine after this server started is known too."""
+    try:
+        return engine.workflow(name)
+    except WorkflowNotFoundError:
+        if name in await engine.store.workflow_names():
+            return WorkflowHandle(engine, name)
+        raise
+
+
+async def _instance(request: Request, api: Api) -> Instance:
+    handle = await _workflow(api.engine, request.path_params["name"])
+    return await handle.get(request.path_params["id"])
+
+
+async def _summary(instance: Instance) -> dict[str, Any]:
+    return detail_json(await instance.describe(steps=False), steps=False)
+
+
+# -- workflows ------------------------------------------------------------------------------
+
+
+async def list_workflows(request: Request, api: Api) -> Response:
+    """Every workflow an Engine recorded, with its instance counts by status."""
+    rows = []
+    for name in await api.engine.store.workflow_names():
+        counts = await api.engine.store.status_counts(name)
+        rows.append({"name": name, "counts": {status: counts.get(status, 0) for status in STATUSES}})
+    return ok(rows)
+
+
+# -- instances ------------------------------------------------------------------------------
+
+
+async def list_instances(request: Request, api: Api) -> Response:
+    """A page of instances, newest first: ?status, ?per_page, ?cursor, ?date_start, ?date_end (created)."""
+    handle = await _workflow(api.engine, request.path_params["name"])
+    status = request.query_params.get("status")
+    if status is not None and status not in STATUSES:
+        raise ApiError("invalid_input", f"invalid status {status!r}: expected one of {', '.join(STATUSES)}")
+    per_page = inputs.query_int(request, "per_page", default=DEFAULT_PER_PAGE, low=1, high=MAX_PER_PAGE)
+    cursor = request.query_params.get("cursor")
+    if cursor is not None and not cursor.isdigit():
+        raise ApiError("invalid_input", f"invalid cursor {cursor!r}: pass the cursor of a previous page")
+    start, end = inputs.query_time(request, "date_start"), inputs.query_time(request, "date_end")
+    if start is not None and end is not None and start > end:
+        raise ApiError("invalid_input", "invalid date range: date_start is after date_end")
+    records = await _page(api.engine, handle.name, status, per_page, cursor, start, end)
+    page = records[:per_page]
+    next_cursor = str(page[-1].pk) if len(records) > per_page else None
+    items = []
+    for record in page:
+        try:
+            items.append(await _summary(Instance(api.engine, record)))
+        except InstanceNotFoundError:  # deleted since it was listed
+            continue
+    return ok(items, result_info={"count": len(items), "per_page": per_page, "cursor": next_cursor})
+
+
+async def _page(
+    engine: Engine, workflow: str, status: str | None, per_page: int, cursor: str | None,
+    start: datetime | None, end: datetime | None,
+) -> list[InstanceRecord]:  # fmt: skip
+    """Up to per_page + 1 records (one more tells that a next page exists) created within [start, end].
+
+    Newest first by creation, so the first one created before `start` ends the scan. Times
+    compare as the API shows them (to the microsecond), so a `created` read back selects its instance.
+    """
+    before = None if cursor is None else int(cursor)
+    if start is None and end is None:
+        return await engine.store.list_instances(workflow, status=status, limit=per_page + 1, before_pk=before)
+    chunk = max(per_page + 1, _SCAN)
+    found: list[InstanceRecord] = []
+    while True:
+        records = await engine.store.list_instances(workflow, status=status, limit=chunk, before_pk=before)
+        for record in records:
+            created = to_datetime(record.created_at)
+            if start is not None and created < start:
+                return found
+            if end is None or created <= end:
+                found.append(record)
+                if len(found) > per_page:
+                    return found
+        if len(records) < chunk:
+            return found
+        before = records[-1].pk
+
+
+async def create_instance(request: Request, api: Api) -> Response:
+    """Create one instance: {"instance_id"?: str, "params"?: JSON}. 201 with the instance."""
+    handle = await _workflow(api.engine, request.path_params["name"])
+    body = inputs.json_object(
+        await inputs.read_json(request, api.max_body_bytes, empty={}),
+        what="request body",
+        allowed=("instance_id", "params"),
+    )
+    instance = await handle.create(id=body.get("instance_id"), params=body.get("params"))
+    return ok(await _summary(instance), status=201)
+
+
+async def create_batch(request: Request, api: Api) -> Response:
+    """Create instances all or nothing: [{"instance_id"?, "params"?}, ...]. 201 with the instances."""
+    handle = await _workflow(api.engine, request.path_params["name"])
+    body = await inputs.read_json(request, api.max_body_bytes)
+    if not isinstance(body, list):
+        raise ApiError("invalid_input", f"invalid batch: expected a JSON array, got {inputs.type_name(body)}")
+    if len(body) > api.max_batch:
+        raise ApiError(
+            "limit_exceeded", f"a batch of {len(body)} instances; this server creates at most {api.max_batch}"
+        )
+    items = []
+    for index, item in enumerate(body):
+        fields = inputs.json_object(item, what=f"batch item {index}", allowed=("instance_id", "params"))
+        items.append({"id": fields.get("instance_id"), "params": fields.get("params")})
+    created = await handle.create_batch(items)
+    return ok([await _summary(instance) for instance in created], status=201)
+
+
+async def get_instance(request: Request, api: Api) -> Response:
+    """Status, params, output, error, times, and the steps with every attempt."""
+    instance = await _instance(request, api)
+    return ok(detail_json(await instance.describe()))
+
+
+_ACTIONS = ("pause", "resume", "terminate", "restart")
+
+
+async def change_status(request: Request, api: Api) -> Response:
+    """{"status": "pause" | "resume" | "terminate" | "restart", "from"?: step}. 200 with the instance."""
+    body = inputs.json_object(await inputs.read_json(request, api.max_body_bytes), what="request body",
+                              allowed=("status", "from"))  # fmt: skip
+    action = body.get("status")
+    if action not in _ACTIONS:
+        raise ApiError("invalid_input", f"invalid status {action!r}: expected one of {', '.join(_ACTIONS)}")
+    if "from" in body and action != "restart":
+        raise ApiError("invalid_input", f"invalid field 'from': only a restart takes it, not {action!r}")
+    instance = await _instance(request, api)
+    if action == "restart":
+        await instance.restart(**_from_step(body.get("from")))
+    else:
+        await getattr(instance, action)()
+    return ok(await _summary(instance))
+
+
+def _from_step(value: Any) -> dict[str, Any]:
+    """restart()'s keywords from `from`: a step name, or {"name", "count"?, "type"?}."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        return {"from_step": value}
+    fields = inputs.json_object(value, what="'from'", allowed=("name", "count", "type"))
+    if not isinstance(fields.get("name"), str):
+        raise ApiError("invalid_input", "invalid 'from': expected a step name, or an object with a string 'name'")
+    return {"from_step": fields["name"], "count": fields.get("count", 1), "type": fields.get("type", "do")}
+
+
+async def send_event(request: Request, api: Api) -> Response:
+    """Send an event of {type} to the instance; the body (any JSON, or nothing: null) is its payload."""
+    payload = await inputs.read_json(request, api.max_body_bytes, empty=None)
+    instance = await _instance(request, api)
+    event_type = request.path_params["type"]
+    await instance.send_event(event_type, payload)
+    return ok({"id": instance.id, "workflow": instance.workflow, "type": event_type})
+
+
+async def delete_instance(request: Request, api: Api) -> Response:
+    """Delete the instance and its history (stopping it first)."""
+    instance = await _instance(request, api)
+    await instance.delete()
+    return ok({"id": instance.id, "workflow": instance.workflow, "deleted": True})
+
+
+# -- live changes ---------------------------------------------------------------------------
+
+
+async def workflow_stream(request: Request, api: Api) -> Response:
+    """SSE: counts by status, and the newest ?per_page instances, now and at each change."""
+    handle = await _workflow(api.engine, request.path_params["name"])
+    window = inputs.query_int(request, "per_page", default=DEFAULT_PER_PAGE, low=1, high=MAX_PER_PAGE)
+    pacer = stream.Pacer(api.engine, api.poll_interval, api.stopping)
+    return stream.EventStreamResponse(stream.workflow_changes(api.engine, pacer, handle.name, window))
+
+
+async def instance_stream(request: Request, api: Api) -> Response:
+    """SSE: the instance (steps included) now and at each change; `deleted` ends it."""
+    instance = await _instance(request, api)
+    pacer = stream.Pacer(api.engine, api.poll_interval, api.stopping)
+    return stream.EventStreamResponse(stream.instance_changes(api.engine, pacer, instance.workflow, instance.id))
+
+
+# -- the document ---------------------------------------------------------------------------
+
+
+async def openapi(request: Request, api: Api) -> Response:
+    """This API's OpenAPI 3.1 document (as is: no envelope)."""
+    return JSONResponse(OPENAPI)
+
+
+_INSTANCES = "/workflows/{name}/instances"
+_INSTANCE = _INSTANCES + "/{id}"
+
+ROUTES = [
+    Route("/openapi.json", _endpoint(openapi), methods=["GET"]),
+    Route("/workflows", _endpoint(list_workflows), methods=["GET"]),
+    Route(_INSTANCES, _endpoint(list_instances), methods=["GET"]),
+    Route(_INSTANCES, _endpoint(create_instance), methods=["POST"]),
+    Route(_INSTANCES + "/batch", _endpoint(create_batch), methods=["POST"]),
+    Route(_INSTANCE, _endpoint(get_instance), methods=["GET"]),
+    Route(_INSTANCE, _endpoint(delete_instance), methods=["DELETE"]),
+    Route(_INSTANCE + "/status", _endpoint(change_status), methods=["PATCH"]),
+    Route(_INSTANCE + "/events/{type}", _endpoint(send_event), methods=["POST"]),
+    Route(_INSTANCE + "/stream", _endpoint(instance_stream), methods=["GET"]),
+    Route("/workflows/{name}/stream", _endpoint(workflow_stream), methods=["GET"]),
+]

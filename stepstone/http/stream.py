@@ -1,0 +1,148 @@
+"""Live changes as Server-Sent Events, found by polling the store.
+
+The engine has no change feed yet, so a stream reads cheap things at a short interval
+and sends what differs: one instance's `updated` time and status (every write a run
+makes moves `updated`), or a workflow's counts by status and the marks of its newest
+instances. In a process that also runs a worker (`stepstone dev`) the engine's own
+change signal wakes a stream early. A stream ends when the client goes away (a
+listener on the ASGI channel cancels it at once) or when the server stops.
+
+Each message is `event: <kind>` and one line of JSON `data:`; a comment line
+(`: keep-alive`) goes out when nothing changed for a while, so proxies keep the
+connection open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from stepstone.cli.output import detail_json
+from stepstone.durations import to_datetime
+from stepstone.engine import Engine
+from stepstone.errors import InstanceNotFoundError
+from stepstone.http.responses import logger, to_json
+from stepstone.instances import Instance
+from stepstone.store.base import STATUSES, InstanceRecord, Status
+
+KEEP_ALIVE_SECONDS = 15.0
+
+
+def message(event: str, data: object) -> bytes:
+    """One SSE message. JSON text holds no raw newline, so one `data:` line is enough."""
+    return f"event: {event}\ndata: {to_json(data)}\n\n".encode()
+
+
+class EventStreamResponse(StreamingResponse):
+    """A streaming response that stops as soon as the client disconnects.
+
+    Starlette's own only notices a gone client at its next write under ASGI 2.4;
+    a quiet stream would then poll the store for nobody until its next keep-alive.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(self, content: AsyncIterator[bytes]) -> None:
+        super().__init__(content, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        streaming = asyncio.ensure_future(self.stream_response(send))
+        listening = asyncio.ensure_future(self.listen_for_disconnect(receive))
+        try:
+            await asyncio.wait({streaming, listening}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (streaming, listening):
+                task.cancel()
+            ended = await asyncio.gather(streaming, listening, return_exceptions=True)
+        # A write to a client that is gone raises OSError: that is just the end of the stream.
+        if isinstance(ended[0], Exception) and not isinstance(ended[0], OSError):
+            logger.error("a live stream failed", exc_info=ended[0])
+
+
+class Pacer:
+    """Sleeps between polls: until the interval passes, the engine reports a change, or the server stops."""
+
+    def __init__(self, engine: Engine, interval: float, stopping: asyncio.Event) -> None:
+        self._engine = engine
+        self._interval = interval
+        self._stopping = stopping
+        self._quiet_since = asyncio.get_running_loop().time()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def sent(self) -> None:
+        self._quiet_since = asyncio.get_running_loop().time()
+
+    def keep_alive_due(self) -> bool:
+        due = asyncio.get_running_loop().time() - self._quiet_since >= KEEP_ALIVE_SECONDS
+        if due:
+            self.sent()
+        return due
+
+    async def pause(self) -> None:
+        waits = [asyncio.ensure_future(self._stopping.wait()), asyncio.ensure_future(self._engine.changes().wait())]
+        try:
+            await asyncio.wait(waits, timeout=self._interval, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+
+
+def _mark(record: InstanceRecord) -> tuple[datetime, str]:
+    return to_datetime(record.updated_at), record.status
+
+
+async def instance_changes(engine: Engine, pacer: Pacer, workflow: str, instance_id: str) -> AsyncIterator[bytes]:
+    """`instance` (the whole instance, steps included) now and at every change; `deleted` then the end."""
+    last: tuple[datetime, str] | None = None
+    while not pacer.stopping:
+        try:
+            record = await engine.store.get_instance(workflow, instance_id)
+            if _mark(record) != last:
+                detail = await Instance(engine, record).describe()
+                last = detail.updated, detail.status
+                pacer.sent()
+                yield message("instance", detail_json(detail))
+        except InstanceNotFoundError:
+            yield message("deleted", {"id": instance_id, "workflow": workflow})
+            return
+        if pacer.keep_alive_due():
+            yield b": keep-alive\n\n"
+        await pacer.pause()
+
+
+async def workflow_changes(engine: Engine, pacer: Pacer, workflow: str, window: int) -> AsyncIterator[bytes]:
+    """`counts` now and when they change; `instance` (no steps) for each of the newest `window`
+    instances now and at each of its changes, oldest first."""
+    last_counts: dict[Status, int] | None = None
+    last_marks: dict[str, tuple[datetime, str]] = {}
+    while not pacer.stopping:
+        found = await engine.store.status_counts(workflow)
+        counts = {status: found.get(status, 0) for status in STATUSES}
+        if counts != last_counts:
+            last_counts = counts
+            pacer.sent()
+            yield message("counts", {"workflow": workflow, "counts": counts})
+        records = await engine.store.list_instances(workflow, status=None, limit=window, before_pk=None)
+        marks: dict[str, tuple[datetime, str]] = {}
+        for record in reversed(records):
+            marks[record.id] = _mark(record)
+            if last_marks.get(record.id) == marks[record.id]:
+                continue
+            try:
+                detail = await Instance(engine, record).describe(steps=False)
+            except InstanceNotFoundError:  # deleted meanwhile: the next counts say so
+                continue
+            marks[record.id] = detail.updated, detail.status
+            pacer.sent()
+            yield message("instance", detail_json(detail, steps=False))
+        last_marks = marks
+        if pacer.keep_alive_due():
+            yield b": keep-alive\n\n"
+        await pacer.pause()
