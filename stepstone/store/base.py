@@ -14,9 +14,10 @@ change the record: its write raises `LeaseLostError` and changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 Status = Literal[
     "queued", "running", "paused", "errored", "terminated", "complete", "waiting", "waitingForPause", "unknown"
@@ -40,6 +41,16 @@ ControlOp = Literal["pause", "resume", "terminate", "restart"]
 
 def is_terminal(status: str) -> bool:
     return status in TERMINAL
+
+
+def settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    """Answer a caller waiting on a store job (unless it gave up waiting)."""
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 @dataclass(frozen=True)

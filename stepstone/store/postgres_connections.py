@@ -26,6 +26,8 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
+from stepstone.store.base import settle
+
 T = TypeVar("T")
 Connection = psycopg.AsyncConnection[TupleRow]
 
@@ -72,15 +74,6 @@ class _Outcome:
     job: _Job[Any]
     result: Any = None
     error: BaseException | None = None
-
-
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
 
 
 class GroupCommit:
@@ -130,12 +123,12 @@ class GroupCommit:
                 outcomes, retry = await self._commit(batch)
             except BaseException as exc:
                 for job in batch:
-                    _settle(job.future, None, exc)
+                    settle(job.future, None, exc)
                 if not isinstance(exc, Exception):
                     raise
                 continue
             for outcome in outcomes:
-                _settle(outcome.job.future, outcome.result, outcome.error)
+                settle(outcome.job.future, outcome.result, outcome.error)
 
     async def _commit(self, batch: list[_Job[Any]]) -> tuple[list[_Outcome], list[_Job[Any]]]:
         """Run a batch; if the connection breaks before COMMIT (nothing written), once more on another."""

@@ -42,6 +42,7 @@ from stepstone.store.base import (
     Status,
     StepKey,
     StepRecord,
+    settle,
 )
 
 T = TypeVar("T")
@@ -88,15 +89,6 @@ class _Job:
         self.fn = fn
         self.loop = loop
         self.future: asyncio.Future[Any] = loop.create_future()
-
-
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
 
 
 class _ConnectionThread:
@@ -182,7 +174,7 @@ class _ConnectionThread:
                 conn.execute("COMMIT")
         except BaseException as exc:
             result, error = None, exc
-        job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+        job.loop.call_soon_threadsafe(settle, job.future, result, error)
 
     @staticmethod
     def _run_batch(conn: sqlite3.Connection, batch: list[_Job]) -> None:
@@ -212,7 +204,7 @@ class _ConnectionThread:
                 conn.execute("ROLLBACK")
             outcomes = [(job, None, exc) for job in batch]
         for job, result, error in outcomes:
-            job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+            job.loop.call_soon_threadsafe(settle, job.future, result, error)
 
 
 def path_from_url(url: str) -> str:
