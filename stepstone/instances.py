@@ -14,7 +14,16 @@ from stepstone import clock, durations, serialization
 from stepstone.durations import to_datetime
 from stepstone.errors import InvalidInputError
 from stepstone.serialization import JSON, check_id
-from stepstone.store.base import STATUSES, STEP_KINDS, InstanceRecord, Status, StepKey, StepRecord, is_terminal
+from stepstone.store.base import (
+    STATUSES,
+    STEP_KINDS,
+    InstanceRecord,
+    Status,
+    StepKey,
+    StepRecord,
+    is_terminal,
+    observed_status,
+)
 
 if TYPE_CHECKING:
     from stepstone.engine import Engine
@@ -90,7 +99,9 @@ def _error(text: str | None) -> dict[str, str] | None:
 
 
 def _status(record: InstanceRecord) -> InstanceStatus:
-    return InstanceStatus(record.status, serialization.loads(record.output_json), _error(record.error_json))
+    return InstanceStatus(
+        observed_status(record, clock.now()), serialization.loads(record.output_json), _error(record.error_json)
+    )
 
 
 def _maybe_time(epoch: float | None) -> datetime | None:
@@ -154,7 +165,7 @@ class Instance:
         return InstanceDetail(
             id=record.id,
             workflow=record.workflow,
-            status=record.status,
+            status=observed_status(record, clock.now()),
             params=serialization.loads(record.params_json),
             output=serialization.loads(record.output_json),
             error=_error(record.error_json),

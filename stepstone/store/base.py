@@ -113,6 +113,19 @@ class InstanceRecord:
     """The status a paused instance returns to when resumed."""
     started_at: float | None = None
     ended_at: float | None = None
+    lease_expires: float | None = None
+    """When the lease of the worker running it lapses unless renewed."""
+
+
+def observed_status(record: InstanceRecord, now: float) -> Status:
+    """The status to show: `unknown` for a running instance whose worker stopped renewing its lease.
+
+    Its worker may be dead or cut off; until another worker takes it over, nobody knows
+    whether it still runs.
+    """
+    if record.status == "running" and record.lease_expires is not None and record.lease_expires < now:
+        return "unknown"
+    return record.status
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ Parameters are psycopg's: `%s` by position, `%(name)s` by name.
 
 INSTANCE_COLUMNS = (
     "pk, workflow, id, status, params, output, error, created_at, updated_at, wake_at, paused_status, "
-    "started_at, ended_at"
+    "started_at, ended_at, lease_expires"
 )
 STEP_COLUMNS = (
     "s.seq, s.kind, s.name, s.count, s.status, s.result, s.error_type, s.error_message, s.attempts, s.due_at, "

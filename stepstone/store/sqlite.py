@@ -49,7 +49,7 @@ T = TypeVar("T")
 
 _INSTANCE_COLUMNS = (
     "pk, workflow, id, status, params, output, error, created_at, updated_at, wake_at, paused_status, "
-    "started_at, ended_at"
+    "started_at, ended_at, lease_expires"
 )
 _STEP_COLUMNS = (
     "seq, kind, name, count, status, result, error_type, error_message, attempts, due_at, started_at, ended_at"
