@@ -6,7 +6,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +84,13 @@ class InstanceDetail:
     ended: datetime | None
     wake: datetime | None
     steps: list[StepDetail]
+
+    def as_dict(self, *, steps: bool = True) -> dict[str, Any]:
+        """Plain data (datetimes kept), the one shape of `describe --json` and the HTTP API."""
+        data = asdict(self)
+        if not steps:
+            del data["steps"]
+        return data
 
 
 class InstanceList(list["Instance"]):

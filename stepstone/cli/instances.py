@@ -139,7 +139,7 @@ async def _follow(inst: Any, as_json: bool) -> Any:
     detail = await inst.describe()
     if as_json:
         while not is_terminal(detail.status):
-            click.echo(json.dumps(output.detail_json(detail), default=str))
+            click.echo(json.dumps(detail.as_dict(), default=str))
             detail = await _changed(inst, detail)
         return detail
     with Live(output.detail_view(detail), console=output.console(), auto_refresh=False) as live:
@@ -302,7 +302,7 @@ def trigger(
     new_id, detail = run_client(db, action)
     if detail is not None:
         if as_json:
-            output.print_json(output.detail_json(detail))
+            output.print_json(detail.as_dict())
         if detail.status != "complete":
             sys.exit(1)
     elif as_json:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -20,14 +19,6 @@ def _default(value: object) -> object:
 
 def print_json(value: Any) -> None:
     click.echo(json.dumps(value, default=_default, indent=2))
-
-
-def detail_json(detail: InstanceDetail, *, steps: bool = True) -> dict[str, Any]:
-    data = asdict(detail)
-    data["created"] = detail.created
-    if not steps:
-        del data["steps"]
-    return data
 
 
 def console() -> Any:
@@ -57,7 +48,7 @@ def workflows(rows: list[dict[str, Any]], as_json: bool) -> None:
 
 def instance_list(details: list[InstanceDetail], next_cursor: str | None, as_json: bool) -> None:
     if as_json:
-        print_json([detail_json(d, steps=False) for d in details])
+        print_json([d.as_dict(steps=False) for d in details])
         return
     from rich.table import Table
 
@@ -99,7 +90,7 @@ def detail_view(detail: InstanceDetail) -> Any:
 
 def instance_detail(detail: InstanceDetail, as_json: bool) -> None:
     if as_json:
-        print_json(detail_json(detail))
+        print_json(detail.as_dict())
     else:
         console().print(detail_view(detail))
 

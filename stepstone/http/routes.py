@@ -2,7 +2,7 @@
 
 Each endpoint does what the matching `WorkflowHandle` / `Instance` call does, and
 answers with the envelope of responses.py. Instances are rendered by the CLI's
-`detail_json`, so `stepstone instances describe --json` and this API print one shape.
+`InstanceDetail.as_dict`, so `stepstone instances describe --json` and this API print one shape.
 `ROUTES` is the routing table; openapi.py documents exactly these (a test checks).
 """
 
@@ -18,7 +18,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from stepstone.cli.output import detail_json
 from stepstone.durations import to_datetime
 from stepstone.engine import Engine
 from stepstone.errors import InstanceNotFoundError, WorkflowNotFoundError
@@ -84,7 +83,7 @@ async def _instance(request: Request, api: Api) -> Instance:
 
 
 async def _summary(instance: Instance) -> dict[str, Any]:
-    return detail_json(await instance.describe(steps=False), steps=False)
+    return (await instance.describe(steps=False)).as_dict(steps=False)
 
 
 # -- workflows ------------------------------------------------------------------------------
@@ -189,7 +188,7 @@ async def create_batch(request: Request, api: Api) -> Response:
 async def get_instance(request: Request, api: Api) -> Response:
     """Status, params, output, error, times, and the steps with every attempt."""
     instance = await _instance(request, api)
-    return ok(detail_json(await instance.describe()))
+    return ok((await instance.describe()).as_dict())
 
 
 _ACTIONS = ("pause", "resume", "terminate", "restart")

@@ -21,7 +21,6 @@ from datetime import datetime
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from stepstone.cli.output import detail_json
 from stepstone.durations import to_datetime
 from stepstone.engine import Engine
 from stepstone.errors import InstanceNotFoundError
@@ -108,7 +107,7 @@ async def instance_changes(engine: Engine, pacer: Pacer, workflow: str, instance
                 detail = await Instance(engine, record).describe()
                 last = detail.updated, detail.status
                 pacer.sent()
-                yield message("instance", detail_json(detail))
+                yield message("instance", detail.as_dict())
         except InstanceNotFoundError:
             yield message("deleted", {"id": instance_id, "workflow": workflow})
             return
@@ -141,7 +140,7 @@ async def workflow_changes(engine: Engine, pacer: Pacer, workflow: str, window: 
                 continue
             marks[record.id] = detail.updated, detail.status
             pacer.sent()
-            yield message("instance", detail_json(detail, steps=False))
+            yield message("instance", detail.as_dict(steps=False))
         last_marks = marks
         if pacer.keep_alive_due():
             yield b": keep-alive\n\n"
