@@ -1,4 +1,4 @@
-"""The HTTP API (`stepstone serve`): Cloudflare's Workflows REST API in shape, JSON in and out.
+"""The HTTP API (`stepstone serve`): Cloudflare's Workflows REST API in shape, JSON in and out; the dashboard.
 
 `create_app(engine)` gives the ASGI app; `server.run(...)` serves it with uvicorn.
 Nothing here is imported by `import stepstone`: Starlette and uvicorn load only when
@@ -13,6 +13,7 @@ the API is used.
     auth.py       the bearer token, loopback addresses
     stream.py     live changes as Server-Sent Events
     server.py     uvicorn, signals and graceful shutdown
+    dashboard/    the browser page at `/`, and its files
 """
 
 from stepstone.http.app import create_app

@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from stepstone.engine import Engine
 from stepstone.errors import StepstoneError
-from stepstone.http import auth
+from stepstone.http import auth, dashboard
 from stepstone.http.responses import ApiError, failure
 from stepstone.http.routes import ROUTES, Api
 
@@ -30,7 +30,7 @@ def create_app(
     max_batch: int = 100,
     poll_interval: float = 0.5,
 ) -> Starlette:
-    """The HTTP API for `engine`'s store (see routes.py for the endpoints).
+    """The HTTP API for `engine`'s store (see routes.py for the endpoints), and the dashboard at `/`.
 
     `token`: the bearer token every request must carry; None takes $STEPSTONE_API_TOKEN
     (no token when that is unset too). `max_body_bytes`: largest request body read
@@ -61,8 +61,14 @@ def create_app(
                 await engine.close()
 
     app = Starlette(
-        routes=ROUTES,
-        middleware=[Middleware(auth.BearerAuth, token=token if token is not None else auth.token_from_env())],
+        routes=[*ROUTES, *dashboard.ROUTES],
+        middleware=[
+            Middleware(
+                auth.BearerAuth,
+                token=token if token is not None else auth.token_from_env(),
+                public=dashboard.is_public,
+            )
+        ],
         exception_handlers={HTTPException: _routing_error},
         lifespan=lifespan,
     )

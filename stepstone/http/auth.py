@@ -1,6 +1,6 @@
 """Access control: one API token, sent as `Authorization: Bearer <token>`.
 
-With $STEPSTONE_API_TOKEN set, every request needs it (401 otherwise); the comparison
+With $STEPSTONE_API_TOKEN set, every API request needs it (401 otherwise); the comparison
 takes constant time, and no message or log line ever holds a token. Without one the
 API is open, so `stepstone serve` only listens on a loopback address then.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import os
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -45,14 +46,19 @@ def _presented(scope: Scope) -> bytes | None:
 
 
 class BearerAuth:
-    """ASGI middleware: answer 401 unless the request carries the token."""
+    """ASGI middleware: answer 401 unless the request carries the token.
 
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
+    `public(path)` names the paths that need none (the dashboard's page and files, which
+    hold no data: the page itself sends the token with each API call).
+    """
+
+    def __init__(self, app: ASGIApp, token: str | None, public: Callable[[str], bool] = lambda path: False) -> None:
         self.app = app
         self.token = None if token is None else token.encode()
+        self.public = public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.token is not None and scope["type"] == "http":
+        if self.token is not None and scope["type"] == "http" and not self.public(scope["path"]):
             presented = _presented(scope)
             if presented is None or not hmac.compare_digest(presented, self.token):
                 reason = "missing" if presented is None else "wrong"

@@ -99,6 +99,14 @@ PATHS: dict[str, dict[str, Any]] = {
             "responses": {**_ok("The workflows.", {"type": "array", "items": _ref("Workflow")}), **_errors()},
         }
     },
+    "/workflows/stream": {
+        "get": {
+            "operationId": "streamWorkflows",
+            "summary": "Server-Sent Events: `workflows` (an array of Workflow, as GET /workflows) now and whenever "
+            "a workflow appears or a count changes.",
+            "responses": {"200": {"description": "An event stream.", "content": _SSE}, **_errors()},
+        }
+    },
     "/workflows/{name}/instances": {
         "parameters": [_NAME],
         "get": {

@@ -91,11 +91,7 @@ async def _summary(instance: Instance) -> dict[str, Any]:
 
 async def list_workflows(request: Request, api: Api) -> Response:
     """Every workflow an Engine recorded, with its instance counts by status."""
-    rows = []
-    for name in await api.engine.store.workflow_names():
-        counts = await api.engine.store.status_counts(name)
-        rows.append({"name": name, "counts": {status: counts.get(status, 0) for status in STATUSES}})
-    return ok(rows)
+    return ok(await stream.workflow_rows(api.engine))
 
 
 # -- instances ------------------------------------------------------------------------------
@@ -250,6 +246,12 @@ async def workflow_stream(request: Request, api: Api) -> Response:
     return stream.EventStreamResponse(stream.workflow_changes(api.engine, pacer, handle.name, window))
 
 
+async def overview_stream(request: Request, api: Api) -> Response:
+    """SSE: every workflow with its counts by status, now and at each change (the dashboard's overview)."""
+    pacer = stream.Pacer(api.engine, api.poll_interval, api.stopping)
+    return stream.EventStreamResponse(stream.overview_changes(api.engine, pacer))
+
+
 async def instance_stream(request: Request, api: Api) -> Response:
     """SSE: the instance (steps included) now and at each change; `deleted` ends it."""
     instance = await _instance(request, api)
@@ -271,6 +273,7 @@ _INSTANCE = _INSTANCES + "/{id}"
 ROUTES = [
     Route("/openapi.json", _endpoint(openapi), methods=["GET"]),
     Route("/workflows", _endpoint(list_workflows), methods=["GET"]),
+    Route("/workflows/stream", _endpoint(overview_stream), methods=["GET"]),
     Route(_INSTANCES, _endpoint(list_instances), methods=["GET"]),
     Route(_INSTANCES, _endpoint(create_instance), methods=["POST"]),
     Route(_INSTANCES + "/batch", _endpoint(create_batch), methods=["POST"]),

@@ -125,7 +125,7 @@ async def _serve(engine: Engine, sock: socket.socket, token: str | None) -> None
 
 
 def _announce(engine: Engine, sock: socket.socket, token: str | None) -> None:
-    parts = [f"stepstone API ready: {_address(sock)}", f"store {_store_name(engine.url)}"]
+    parts = [f"stepstone API and dashboard ready: {_address(sock)}/", f"store {_store_name(engine.url)}"]
     if engine.run_worker and engine.workflows:
         parts.append(f"worker for {', '.join(sorted(engine.workflows))}")
     parts.append("API token required" if token is not None else "no API token (loopback only)")

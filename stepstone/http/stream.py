@@ -2,10 +2,11 @@
 
 The engine has no change feed yet, so a stream reads cheap things at a short interval
 and sends what differs: one instance's `updated` time and status (every write a run
-makes moves `updated`), or a workflow's counts by status and the marks of its newest
-instances. In a process that also runs a worker (`stepstone dev`) the engine's own
-change signal wakes a stream early. A stream ends when the client goes away (a
-listener on the ASGI channel cancels it at once) or when the server stops.
+makes moves `updated`), a workflow's counts by status and the marks of its newest
+instances, or every workflow's counts (the dashboard's overview). In a process that
+also runs a worker (`stepstone dev`) the engine's own change signal wakes a stream early.
+A stream ends when the client goes away (a listener on the ASGI channel cancels it at
+once) or when the server stops.
 
 Each message is `event: <kind>` and one line of JSON `data:`; a comment line
 (`: keep-alive`) goes out when nothing changed for a while, so proxies keep the
@@ -111,6 +112,29 @@ async def instance_changes(engine: Engine, pacer: Pacer, workflow: str, instance
         except InstanceNotFoundError:
             yield message("deleted", {"id": instance_id, "workflow": workflow})
             return
+        if pacer.keep_alive_due():
+            yield b": keep-alive\n\n"
+        await pacer.pause()
+
+
+async def workflow_rows(engine: Engine) -> list[dict[str, object]]:
+    """Every workflow an Engine recorded, with its instance counts by status (GET /workflows)."""
+    rows: list[dict[str, object]] = []
+    for name in await engine.store.workflow_names():
+        counts = await engine.store.status_counts(name)
+        rows.append({"name": name, "counts": {status: counts.get(status, 0) for status in STATUSES}})
+    return rows
+
+
+async def overview_changes(engine: Engine, pacer: Pacer) -> AsyncIterator[bytes]:
+    """`workflows` (every workflow with its counts by status) now and whenever any of it changes."""
+    last: list[dict[str, object]] | None = None
+    while not pacer.stopping:
+        rows = await workflow_rows(engine)
+        if rows != last:
+            last = rows
+            pacer.sent()
+            yield message("workflows", rows)
         if pacer.keep_alive_due():
             yield b": keep-alive\n\n"
         await pacer.pause()

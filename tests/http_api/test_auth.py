@@ -19,6 +19,7 @@ TOKEN = "s3cret-token-value"
 EVERY_ENDPOINT = [
     ("GET", "/openapi.json"),
     ("GET", "/workflows"),
+    ("GET", "/workflows/stream"),
     ("GET", "/workflows/greeter/instances"),
     ("POST", "/workflows/greeter/instances"),
     ("POST", "/workflows/greeter/instances/batch"),

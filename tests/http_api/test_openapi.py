@@ -6,7 +6,7 @@ import httpx
 from starlette.routing import Route
 
 from stepstone import Engine
-from stepstone.http import create_app
+from stepstone.http import create_app, dashboard
 from stepstone.http.openapi import OPENAPI
 from stepstone.http.responses import ERRORS
 
@@ -16,10 +16,13 @@ _METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 
 
 def routed() -> set[tuple[str, str]]:
+    """The API's routes: every route of the app but the dashboard's page and files."""
     app = create_app(Engine("sqlite:///unused.db", worker=False))
     pairs = set()
     for route in app.routes:
         assert isinstance(route, Route)
+        if dashboard.is_public(route.path):
+            continue
         for method in route.methods or ():
             if method != "HEAD":  # Starlette answers HEAD wherever it answers GET
                 pairs.add((method.lower(), route.path))

@@ -172,3 +172,17 @@ async def test_a_stream_of_an_unknown_instance_is_a_json_404(engine: Engine) -> 
         messages.append(stream._sent.get_nowait())
     assert messages[0]["status"] == 404
     assert json.loads(messages[1]["body"])["errors"][0]["code"] == "instance_not_found"
+
+
+async def test_the_overview_stream_sends_every_workflow_with_its_counts_at_each_change(engine: Engine) -> None:
+    app = create_app(engine, poll_interval=0.02)
+    async with streaming(app, "/workflows/stream") as stream:
+        first = await stream.next_matching("workflows")
+        assert {row["name"] for row in first} == {"greeter", "flaky"}
+        assert all(set(row["counts"].values()) == {0} for row in first)
+        inst = await engine.workflow("greeter").create(id="o1")
+        rows = {row["name"]: row["counts"] for row in await stream.next_matching("workflows")}
+        assert rows["greeter"]["queued"] == 1 and rows["flaky"]["queued"] == 0
+        await inst.pause()
+        rows = {row["name"]: row["counts"] for row in await stream.next_matching("workflows")}
+        assert rows["greeter"]["queued"] == 0 and rows["greeter"]["paused"] == 1

@@ -1,0 +1,185 @@
+// Calls to the HTTP API: the bearer token on every request, answers unwrapped from the
+// envelope, and live streams read with fetch() (a browser EventSource cannot send the
+// Authorization header). URLs are relative to the page, so the dashboard works wherever
+// the app is mounted.
+
+const TOKEN_KEY = "stepstone.token";
+
+/** A failed call: the HTTP status, the API's stable error code, and its message. */
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+export function token() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+export function setToken(value) {
+  sessionStorage.setItem(TOKEN_KEY, value);
+}
+
+export function forgetToken() {
+  sessionStorage.removeItem(TOKEN_KEY);
+}
+
+let askForToken = async () => {
+  throw new ApiError(401, "unauthorized", "this server needs an API token");
+};
+
+/** Register what asks the user for a token: an async function that resolves once a new one is stored. */
+export function onUnauthorized(ask) {
+  askForToken = ask;
+}
+
+/** The API path for these parts, each encoded: path("workflows", name, "instances"). */
+export function path(...parts) {
+  return parts.map((part) => encodeURIComponent(part)).join("/");
+}
+
+function headers(accept) {
+  const out = { Accept: accept };
+  const current = token();
+  if (current) out.Authorization = `Bearer ${current}`;
+  return out;
+}
+
+async function failure(response) {
+  try {
+    const envelope = await response.json();
+    const [error] = envelope.errors ?? [];
+    if (error) return new ApiError(response.status, error.code, error.message);
+  } catch {
+    // not our envelope: a proxy's page, say
+  }
+  return new ApiError(response.status, "http_error", `the server answered ${response.status} ${response.statusText}`);
+}
+
+async function refused(response, sent) {
+  const error = await failure(response);
+  await askForToken(sent ? "The server refused that token." : error.message);
+}
+
+/**
+ * One API call; resolves to {result, info} (info: the list's result_info).
+ * `body` is sent as is when it is a string (already JSON text), else as JSON.
+ * On 401 the user is asked for a token, and the call is made again with it.
+ */
+export async function call(method, url, body) {
+  for (;;) {
+    const sent = token();
+    const init = { method, headers: headers("application/json"), cache: "no-store" };
+    if (body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = typeof body === "string" ? body : JSON.stringify(body);
+    }
+    let response;
+    try {
+      response = await fetch(url, init);
+    } catch (error) {
+      throw new ApiError(0, "network", `cannot reach the server (${error.message})`);
+    }
+    if (response.status === 401) {
+      await refused(response, sent);
+      continue;
+    }
+    if (!response.ok) throw await failure(response);
+    const envelope = await response.json();
+    return { result: envelope.result, info: envelope.result_info };
+  }
+}
+
+function sleep(ms, signal) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
+/** Split SSE text into messages; returns [messages, the unfinished rest]. */
+export function parseEvents(text) {
+  const messages = [];
+  const blocks = text.split(/\r?\n\r?\n/);
+  const rest = blocks.pop();
+  for (const block of blocks) {
+    let event = "message";
+    const data = [];
+    for (const line of block.split(/\r?\n/)) {
+      if (line.startsWith(":")) continue;
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+      if (field === "event") event = value;
+      else if (field === "data") data.push(value);
+    }
+    if (data.length) messages.push({ event, data: JSON.parse(data.join("\n")) });
+  }
+  return [messages, rest];
+}
+
+const FIRST_RETRY_MS = 1000;
+const LAST_RETRY_MS = 15000;
+
+/**
+ * Follow a live stream: `on[event](data)` for each message. When the stream ends or
+ * breaks, it is opened again after a wait that doubles up to 15 s. `state(s)` is told
+ * "live", "reconnecting" or "stopped". A 4xx other than 401 ends it (`on.failed(error)`).
+ * Returns a function that stops it.
+ */
+export function follow(url, on, state = () => {}) {
+  const controller = new AbortController();
+  const { signal } = controller;
+  (async () => {
+    let wait = FIRST_RETRY_MS;
+    while (!signal.aborted) {
+      try {
+        const sent = token();
+        const response = await fetch(url, { headers: headers("text/event-stream"), cache: "no-store", signal });
+        if (response.status === 401) {
+          await refused(response, sent);
+          continue;
+        }
+        if (response.status >= 400 && response.status < 500) {
+          state("stopped");
+          on.failed?.(await failure(response));
+          return;
+        }
+        if (!response.ok) throw await failure(response);
+        state("live");
+        const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buffer = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          const [messages, rest] = parseEvents(buffer + value);
+          buffer = rest;
+          for (const { event, data } of messages) {
+            wait = FIRST_RETRY_MS;
+            on[event]?.(data);
+            if (event === "deleted") {
+              state("stopped");
+              return;
+            }
+          }
+        }
+      } catch (error) {
+        if (signal.aborted) return;
+        // A network error or a server error: try again. Anything else is a bug worth seeing.
+        if (!(error instanceof TypeError || error instanceof ApiError)) console.error(error);
+      }
+      state("reconnecting");
+      await sleep(wait, signal);
+      wait = Math.min(wait * 2, LAST_RETRY_MS);
+    }
+  })();
+  return () => {
+    controller.abort();
+    state("idle");
+  };
+}

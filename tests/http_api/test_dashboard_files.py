@@ -1,0 +1,60 @@
+"""The dashboard's page and files: served at `/` and `/dashboard/`, without the API token, and nothing else."""
+
+from __future__ import annotations
+
+import pytest
+
+from stepstone import Engine
+
+from .conftest import asgi_client
+from .support import error_code, result
+
+TOKEN = "dashboard-token-1"
+
+
+async def test_the_page_and_its_files_need_no_token_while_the_api_still_does(engine: Engine) -> None:
+    async with asgi_client(engine, token=TOKEN) as client:
+        page = await client.get("/")
+        assert page.status_code == 200 and page.headers["content-type"] == "text/html; charset=utf-8"
+        assert '<script type="module" src="dashboard/app.js">' in page.text
+        script = await client.get("/dashboard/app.js")
+        assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+        style = await client.get("/dashboard/style.css")
+        assert style.status_code == 200 and style.headers["content-type"].startswith("text/css")
+        assert error_code(await client.get("/workflows"), 401) == "unauthorized"
+        assert result(await client.get("/workflows", headers={"Authorization": f"Bearer {TOKEN}"}))
+
+
+async def test_every_module_the_page_imports_is_served(engine: Engine) -> None:
+    async with asgi_client(engine) as client:
+        for name in ("app", "api", "format", "overview", "instances", "instance"):
+            response = await client.get(f"/dashboard/{name}.js")
+            assert response.status_code == 200, name
+        assert (await client.get("/dashboard/icon.svg")).headers["content-type"] == "image/svg+xml"
+
+
+async def test_the_page_may_load_only_its_own_files_and_call_only_this_server(engine: Engine) -> None:
+    async with asgi_client(engine) as client:
+        page = await client.get("/")
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "script-src 'self'" in policy and "connect-src 'self'" in policy
+    assert "frame-ancestors 'none'" in policy
+    assert page.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/dashboard/nope.js",
+        "/dashboard/__init__.py",
+        "/dashboard/..%2F__init__.py",
+        "/dashboard/../app.py",
+        "/dashboard/index.html.bak",
+        "/dashboard/",
+    ],
+)
+async def test_nothing_but_the_shipped_files_is_served(engine: Engine, path: str) -> None:
+    async with asgi_client(engine) as client:
+        response = await client.get(path)
+    assert response.status_code == 404
+    assert "import" not in response.text
