@@ -12,6 +12,7 @@ import asyncio
 import os
 import secrets
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -63,7 +64,9 @@ def pg_template(pg_server_url: str) -> Iterator[str]:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
         store = PostgresStore(_with_database(pg_server_url, name), min_connections=1, max_connections=2)
-        asyncio.run(_open_and_close(store))
+        # On a thread of its own: the caller may hold an event loop (Playwright's sync API does).
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, _open_and_close(store)).result()
         yield name
     finally:
         _drop_database(pg_server_url, name)

@@ -53,7 +53,7 @@ export function instanceView({ main, notify, setLive, setCrumbs }, workflow, id)
 
   fill(
     main,
-    h("div", { class: "title-row" }, h("h1", { class: "mono" }, id), statusSlot),
+    h("div", { class: "title-row together" }, h("h1", { class: "mono" }, id), statusSlot),
     meta,
     h("section", { class: "panel actions" }, h("h2", {}, "Actions"), h("div", { class: "buttons" }, buttons), h("details", { class: "send-event" }, h("summary", {}, "Send an event"), eventForm)),
     body,
@@ -149,7 +149,9 @@ export function instanceView({ main, notify, setLive, setCrumbs }, workflow, id)
     if (step.error) {
       details.push(h("p", { class: "error-text" }, h("strong", { class: "mono" }, step.error.name), ": ", step.error.message));
     }
-    if (step.kind === "do" && step.attempts.length) details.push(attemptsTable(step.attempts));
+    // One attempt that succeeded says nothing the step's own line does not; show the table otherwise.
+    const eventful = step.attempts.length > 1 || step.attempts.some((attempt) => attempt.outcome !== "ok");
+    if (step.kind === "do" && eventful) details.push(attemptsTable(step.attempts));
     if (step.status === "complete" && step.kind !== "sleep") {
       const holder = h("div", { class: "result" });
       const toggle = h("button", { type: "button", class: "quiet small", "aria-expanded": "false" });

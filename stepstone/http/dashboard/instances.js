@@ -39,7 +39,7 @@ export function instancesView({ main, notify, setLive, setCrumbs }, name, query)
   const pager = h("nav", { class: "pager", "aria-label": "Pages" });
 
   // -- open an instance by id -----------------------------------------------------------------
-  const idInput = h("input", { type: "search", name: "id", placeholder: "Instance id", "aria-label": "Instance id", required: true, autocomplete: "off" });
+  const idInput = h("input", { type: "search", name: "id", placeholder: "Find by instance id", "aria-label": "Find by instance id", required: true, autocomplete: "off" });
   const search = h(
     "form",
     {
