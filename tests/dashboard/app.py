@@ -39,6 +39,10 @@ class Flaky(Workflow):
         await step.do("try", fail, retries={"limit": 1, "delay": params.get("delay", "1 ms")})
 
 
+NOTE = "Authorised by the issuer after a soft decline; 3-D Secure passed. " * 8
+"""A long value: the dashboard folds it."""
+
+
 class Checkout(Workflow):
     """Every kind of step: a `do`, a `do` that succeeds on its third attempt, a sleep, an event wait."""
 
@@ -51,7 +55,7 @@ class Checkout(Workflow):
         def charge(ctx: StepContext) -> dict[str, Any]:
             if ctx.attempt < 3:
                 raise ConnectionError("card gateway timed out")
-            return {"charge": "ch_3Pq81", "amount": order["qty"] * 450, "currency": "eur", "note": "x" * 400}
+            return {"charge": "ch_3Pq81", "amount": order["qty"] * 450, "currency": "eur", "note": NOTE}
 
         charged = await step.do("charge card", charge, retries={"limit": 3, "delay": "20 ms"})
         await step.sleep("cooling-off", "50 ms")

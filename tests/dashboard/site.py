@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -136,11 +137,13 @@ class Process:
 
 @contextmanager
 def stepstone(
-    command: str, url: str, log: Path, *, token: str | None = None, only: str | None = None, lease: float | None = None,
+    command: str, url: str, log: Path, *, token: str | None = None, only: str | None = None,
+    lease: float | None = None, port: int = 0,
 ) -> Iterator[Process]:  # fmt: skip
     """Run `stepstone COMMAND app.py --db URL` until the block ends, once it says it is ready.
 
-    `only`: the workflows it runs (comma-separated); `lease`: its lease in seconds.
+    `only`: the workflows it runs (comma-separated); `lease`: its lease in seconds;
+    `port`: where `serve` or `dev` listens (0: any free port).
     """
     env = {k: v for k, v in os.environ.items() if k not in ("STEPSTONE_API_TOKEN", "STEPSTONE_TEST_WORKFLOWS")}
     if token is not None:
@@ -151,7 +154,7 @@ def stepstone(
         env["STEPSTONE_TEST_LEASE"] = str(lease)
     args = [*STEPSTONE, command, APP, "--db", url]
     if command in ("serve", "dev"):
-        args += ["--port", "0"]
+        args += ["--port", str(port)]
     with log.open("wb") as sink:
         popen = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT, env=env)
     process = Process(popen, log)
@@ -164,6 +167,13 @@ def stepstone(
         yield process
     finally:
         process.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def address(process: Process) -> str:

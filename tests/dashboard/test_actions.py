@@ -41,6 +41,21 @@ def test_pause_resume_terminate_and_restart_confirm_what_they_did(page: Page, st
     expect(page.get_by_role("button", name="Restart")).to_be_enabled()
 
 
+def test_restarting_from_a_step_keeps_what_was_recorded_before_it(page: Page, states: Site) -> None:
+    page.goto(f"{states.url}/#/workflows/checkout/instances/c-done")
+    expect(page.locator(".timeline > li")).to_have_count(5)
+    page.locator('.step[data-step="manager approval"]').get_by_role("button", name="Restart from here").click()
+    confirmed = 'Restarted c-done from step "manager approval": it is now queued.'
+    expect(page.get_by_role("status")).to_contain_text(confirmed)
+    expect(page.locator(".timeline > li")).to_have_count(3)  # live: the history from that step on is gone
+
+    async def steps(engine: Engine) -> list[str]:
+        return [step.name for step in (await (await engine.workflow("checkout").get("c-done")).describe()).steps]
+
+    assert on_store(states.db, steps) == ["reserve stock", "charge card", "cooling-off"]
+    assert db_status(states, "checkout", "c-done") == "queued"
+
+
 def test_a_running_instance_paused_from_the_page_waits_for_its_step(page: Page, states: Site) -> None:
     page.goto(f"{states.url}/#/workflows/slow/instances/s-running")
     expect(page.locator(".status-slot .badge")).to_have_text("running")
@@ -125,22 +140,22 @@ def test_triggering_an_instance_checks_its_json_and_confirms_with_a_link(page: P
 
 
 def test_the_lists_and_counts_update_live_when_instances_change_elsewhere(page: Page, states: Site) -> None:
-    page.goto(f"{states.url}/#/workflows/checkout")
+    page.goto(f"{states.url}/#/workflows/flaky")
     rows = page.locator("table.instances tbody tr")
-    expect(rows).to_have_count(2)
+    expect(rows).to_have_count(3)
     expect(page.locator('.filters .chip[data-status="queued"] .count')).to_have_text("0")
-    on_store(states.db, lambda engine: _create(engine, "checkout", "live-1", {"sku": "x", "qty": 1}))
+    on_store(states.db, lambda engine: _create(engine, "flaky", "live-1", {"delay": "1 hour"}))
     expect(rows.first).to_have_attribute("data-id", "live-1")
     expect(page.locator('.filters .chip[data-status="queued"] .count')).to_have_text("1")
 
     async def pause(engine: Engine) -> None:
-        await (await engine.workflow("checkout").get("live-1")).pause()
+        await (await engine.workflow("flaky").get("live-1")).pause()
 
     on_store(states.db, pause)
     expect(rows.first.locator(".badge")).to_have_text("paused")
     page.get_by_role("link", name="Workflows").click()
-    card = page.locator('section.card[data-workflow="checkout"]')
+    card = page.locator('section.card[data-workflow="flaky"]')
     expect(card.locator('.chip[data-status="paused"] .count')).to_have_text("1")
-    on_store(states.db, lambda engine: _create(engine, "checkout", "live-2", {"sku": "x", "qty": 1}))
+    on_store(states.db, lambda engine: _create(engine, "flaky", "live-2", {"delay": "1 hour"}))
     expect(card.locator('.chip[data-status="queued"] .count')).to_have_text("1")
     expect(card.locator(".recent li").first).to_contain_text("live-2")

@@ -60,12 +60,17 @@ export function instanceView({ main, notify, setLive, setCrumbs }, workflow, id)
     h("section", {}, h("h2", {}, "Timeline"), timeline),
   );
 
-  async function act(action) {
+  async function act(action, fromStep) {
     const spec = ACTIONS[action];
-    if (spec.confirm && !window.confirm(spec.confirm)) return;
+    const question = fromStep
+      ? `Restart this instance from step "${fromStep.name}"? What was recorded from that step on is discarded.`
+      : spec.confirm;
+    if (question && !window.confirm(question)) return;
+    const body = fromStep ? { status: action, from: fromStep } : { status: action };
     try {
-      const { result } = await api.call("PATCH", `${apiPath}/status`, { status: action });
-      notify("ok", `${spec.done} ${id}: it is now ${result.status}.`);
+      const { result } = await api.call("PATCH", `${apiPath}/status`, body);
+      const from = fromStep ? ` from step "${fromStep.name}"` : "";
+      notify("ok", `${spec.done} ${id}${from}: it is now ${result.status}.`);
       if (!stopped && current) render({ ...current, ...result, steps: action === "restart" ? [] : current.steps });
     } catch (error) {
       notify("error", `Could not ${action} ${id}: ${error.message}`);
@@ -154,7 +159,7 @@ export function instanceView({ main, notify, setLive, setCrumbs }, workflow, id)
     if (step.kind === "do" && eventful) details.push(attemptsTable(step.attempts));
     if (step.status === "complete" && step.kind !== "sleep") {
       const holder = h("div", { class: "result" });
-      const toggle = h("button", { type: "button", class: "quiet small", "aria-expanded": "false" });
+      const toggle = h("button", { type: "button", class: "small", "aria-expanded": "false" });
       const show = (open) => {
         toggle.textContent = open ? "Hide result" : "Show result";
         toggle.setAttribute("aria-expanded", String(open));
@@ -164,8 +169,18 @@ export function instanceView({ main, notify, setLive, setCrumbs }, workflow, id)
       };
       toggle.addEventListener("click", () => show(!openResults.has(key)));
       show(openResults.has(key));
-      details.push(h("div", {}, toggle, holder));
+      details.push(h("div", { class: "step-actions" }, toggle), holder);
     }
+    const restart = h(
+      "button",
+      {
+        type: "button",
+        class: "quiet small restart-here",
+        title: "Keep what was recorded before this step and run again from it",
+        onclick: () => act("restart", { name: step.name, count: step.count, type: step.kind }),
+      },
+      "Restart from here",
+    );
     return h(
       "li",
       { class: `step step-${step.status} kind-${step.kind}`, "data-step": name, "data-kind": step.kind },
@@ -176,6 +191,7 @@ export function instanceView({ main, notify, setLive, setCrumbs }, workflow, id)
         h("span", { class: "step-name mono" }, name),
         h("span", { class: `step-status step-status-${step.status}` }, step.status),
         h("span", { class: "step-time muted" }, when(step.started), " · ", between(step.started, step.ended)),
+        restart,
       ),
       details,
     );

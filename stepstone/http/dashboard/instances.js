@@ -3,7 +3,7 @@
 // change stream; and a form that triggers a new instance.
 
 import * as api from "./api.js";
-import { STATUSES, badge, between, fill, h, when } from "./format.js";
+import { STATUSES, at, badge, between, fill, h } from "./format.js";
 
 const PER_PAGE = 25;
 const REFETCH_MS = 400;
@@ -138,8 +138,8 @@ export function instancesView({ main, notify, setLive, setCrumbs }, name, query)
       { "data-id": instance.id, "data-status": instance.status },
       h("td", { class: "mono id" }, h("a", { href: instancePath(instance.id) }, instance.id)),
       h("td", {}, badge(instance.status)),
-      h("td", {}, when(instance.created)),
-      h("td", {}, when(instance.updated)),
+      h("td", {}, at(instance.created)),
+      h("td", {}, at(instance.updated)),
       h("td", { class: "num" }, between(instance.started, instance.ended)),
     );
   }
