@@ -51,7 +51,7 @@ from stepstone.store.base import (
     StepRecord,
     StepWrite,
 )
-from stepstone.store.postgres_connections import Connection, GroupCommit, Listener, Tx, one_line
+from stepstone.store.postgres_connections import Connection, GroupCommit, Later, Listener, Tx, one_line
 
 T = TypeVar("T")
 
@@ -59,6 +59,8 @@ _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _URL_PREFIXES = ("postgresql://", "postgres://")
 _CONNECT_TIMEOUT = 10
 """Seconds to wait for a connection, unless the URL sets `connect_timeout`."""
+_WRITE_REFUSED = "SSW01"
+"""SQLSTATE of write_refused() (migration 0002): a run's write found its lease lost."""
 _MIGRATION_LOCK = 0x57E9
 """First key of the advisory lock that serializes migrations (second: the schema's hash)."""
 
@@ -77,11 +79,15 @@ def _step(row: Sequence[Any], attempt_log: tuple[Attempt, ...] = ()) -> StepReco
     )  # fmt: skip
 
 
+def _fence(run: RunWrite) -> dict[str, Any]:
+    return {"pk": run.pk, "token": run.token, "now": run.now}
+
+
 def _step_params(run: RunWrite, step: StepWrite) -> dict[str, Any]:
     # The attempts travel as one JSON array: cheaper to send than six parallel arrays,
     # and floats survive the trip exactly (Python writes the shortest exact repr).
     return {
-        "pk": run.pk, "token": run.token,
+        **_fence(run),
         "kind": step.key.kind, "name": step.key.name, "count": step.key.count, "status": step.status,
         "result": step.result_json, "error_type": step.error_type, "error_message": step.error_message,
         "attempts": step.attempts, "due_at": step.due_at, "started_at": step.started_at, "ended_at": step.ended_at,
@@ -234,7 +240,7 @@ class PostgresStore:
         if pool is not None:
             await pool.close()
 
-    def _write(self, run: Callable[[Tx], Awaitable[T]]) -> asyncio.Future[T]:
+    def _write(self, run: Callable[[Tx], Awaitable[T | Later[T]]]) -> asyncio.Future[T]:
         if self._writer is None:
             raise StepstoneError("the store is not open (use `async with engine:`)")
         return self._writer.submit(run)
@@ -394,7 +400,7 @@ class PostgresStore:
             return
         key = {"pk": pk, "kind": from_step.kind, "name": from_step.name, "count": from_step.count}
         cursor = await conn.execute(self._sql(queries.DISCARD_STEPS_FROM), key)
-        if cursor.rowcount == 0:
+        if (await cursor.fetchone() or (0,))[0] == 0:
             raise InvalidInputError(
                 f"cannot restart from step {from_step.name!r} (count {from_step.count}, type "
                 f"{from_step.kind}): no such step in the instance's history"
@@ -403,7 +409,7 @@ class PostgresStore:
     async def delete(self, workflow: str, instance_id: str) -> None:
         async def delete(tx: Tx) -> None:
             cursor = await tx.conn.execute(self._sql(queries.DELETE_INSTANCE), (workflow, instance_id))
-            if cursor.rowcount == 0:
+            if (await cursor.fetchone() or (0,))[0] == 0:
                 raise _not_found(workflow, instance_id)
 
         await self._write(delete)
@@ -430,26 +436,27 @@ class PostgresStore:
             return ClaimBatch([], None)
         args = {"names": names, "now": now, "limit": limit, "worker": worker_id, "lease_until": lease_until}
 
-        async def claim(tx: Tx) -> ClaimBatch:
+        async def claim(tx: Tx) -> Later[ClaimBatch]:
             conn = tx.conn
-            async with conn.pipeline():
-                await conn.execute(self._sql(queries.PAUSE_ABANDONED), args)
-                claimed = await conn.execute(self._sql(queries.CLAIM), args)
-                earliest = await conn.execute(self._sql(queries.EARLIEST), {**args, "queued": False})
-            rows = sorted(await claimed.fetchall(), key=lambda row: (row[0], row[1], row[2]))
-            claims = [
-                Claim(pk, workflow, instance_id, params, created_at, token, resumed)
-                for _, _, pk, workflow, instance_id, params, created_at, token, resumed in rows
-            ]
-            if len(claims) >= limit:
-                return ClaimBatch(claims, now)
-            row = await earliest.fetchone()
-            return ClaimBatch(claims, row[0] if row else None)
+            await conn.execute(self._sql(queries.PAUSE_ABANDONED), args)
+            claimed = await conn.execute(self._sql(queries.CLAIM), args)
+            earliest = await conn.execute(self._sql(queries.EARLIEST), args)
 
-        # Look before taking locks: an idle poll costs a read, not a write transaction.
-        (earliest,) = (await self._fetch(queries.EARLIEST, {**args, "queued": True}))[0]
-        if earliest is None or earliest > now:
-            return ClaimBatch([], earliest)
+            async def read() -> ClaimBatch:
+                rows = sorted(await claimed.fetchall(), key=lambda row: (row[0], row[1], row[2]))
+                claims = [
+                    Claim(pk, workflow, instance_id, params, created_at, token, resumed)
+                    for _, _, pk, workflow, instance_id, params, created_at, token, resumed in rows
+                ]
+                if len(claims) >= limit:
+                    return ClaimBatch(claims, now)
+                row = await earliest.fetchone()
+                return ClaimBatch(claims, row[0] if row else None)
+
+            return Later(read)
+
+        # No read to look first: a claim that finds nothing locks and changes no row, so it
+        # costs one round trip and a commit that writes nothing, as that read would.
         return await self._write(claim)
 
     async def load_steps(self, pk: int) -> list[StepRecord]:
@@ -460,49 +467,45 @@ class PostgresStore:
         return EventRecord(*rows[0]) if rows else None
 
     async def write(self, run: RunWrite) -> Status:
-        return await self._write(lambda tx: self._write_run(tx, run))
+        try:
+            return await self._write(lambda tx: self._write_run(tx, run))
+        except psycopg.Error as exc:
+            if exc.sqlstate == _WRITE_REFUSED:
+                raise LeaseLostError(f"write refused: {exc.diag.message_primary} (token {run.token})") from exc
+            raise
 
-    async def _write_run(self, tx: Tx, run: RunWrite) -> Status:
+    async def _write_run(self, tx: Tx, run: RunWrite) -> Later[Status]:
+        # Every statement is fenced and fails the transaction if the lease is lost, so
+        # nothing here waits for an answer: the write and its commit are one round trip.
         conn = tx.conn
-        # One round trip for the fence and all that does not need its answer: the step
-        # statements are fenced themselves, and a lost lease rolls the job back anyway.
-        async with conn.pipeline():
-            if run.end is None:
-                fence = await conn.execute(self._sql(queries.TOUCH_LEASED), (run.now, run.pk, run.token))
-            else:
-                fence = await conn.execute(self._sql(queries.LOCK_LEASED), (run.pk, run.token))
-            recorded = [
-                await conn.execute(self._sql(queries.RECORD_STEP), _step_params(run, step)) for step in run.steps
-            ]
-            pending = None
-            if run.end == "waiting" and run.wait_types:
-                pending = await conn.execute(self._sql(queries.HAS_PENDING_EVENT), (run.pk, run.wait_types))
-        row = await fence.fetchone()
-        if row is None:
-            raise LeaseLostError(f"instance {run.pk} is no longer leased with token {run.token}")
-        status: Status = row[0]
-        for step, cursor in zip(run.steps, recorded, strict=True):
-            taken = await cursor.fetchone()
-            if step.consume_event is not None and (taken is None or taken[0] != 1):
-                raise LeaseLostError(f"event {step.consume_event} was taken or removed meanwhile")
+        steps = [_step_params(run, step) for step in run.steps]
         if run.end is None:
-            return status
-        wake_at = run.wake_at
-        if pending is not None:
-            found = await pending.fetchone()
-            if found is not None and found[0]:
-                wake_at = run.now
-        new_status, paused_status = lifecycle.end_status(status, run.end, wake_at)
-        await conn.execute(
-            self._sql(queries.END_RUN),
-            {
-                "pk": run.pk, "status": new_status, "paused_status": paused_status, "wake_at": wake_at,
-                "output": run.output_json, "error": run.error_json,
-                "ended_at": run.now if new_status in ("complete", "errored") else None, "now": run.now,
-            },
-        )  # fmt: skip
-        tx.wake_workers()  # a lease released: its instance may be runnable, its slot is free
-        return new_status  # type: ignore[return-value]
+            if steps:
+                answer = await conn.execute(self._sql(queries.TOUCH_AND_RECORD_STEP), steps[0])
+                steps = steps[1:]
+            else:
+                answer = await conn.execute(self._sql(queries.TOUCH_LEASED), _fence(run))
+            for params in steps:
+                await conn.execute(self._sql(queries.RECORD_STEP), params)
+        else:
+            await conn.execute(self._sql(queries.LOCK_LEASED), _fence(run))
+            for params in steps:
+                await conn.execute(self._sql(queries.RECORD_STEP), params)
+            answer = await conn.execute(
+                self._sql(queries.END_RUN),
+                {
+                    **_fence(run), "end": run.end, "wake_at": run.wake_at, "wait_types": run.wait_types,
+                    "output": run.output_json, "error": run.error_json,
+                },
+            )  # fmt: skip
+            tx.wake_workers()  # a lease released: its instance may be runnable, its slot is free
+
+        async def status() -> Status:
+            row = await answer.fetchone()
+            assert row is not None
+            return row[0]  # type: ignore[no-any-return]
+
+        return Later(status)
 
     async def renew_leases(self, worker_id: str, tokens: dict[int, int], lease_until: float) -> set[int]:
         if not tokens:

@@ -1,9 +1,9 @@
 """The PostgreSQL store's long-lived connection users: the writer (group commit) and the listener.
 
 Group commit: every write is a job queued to one writer task, which runs whatever has
-queued up meanwhile in one transaction on one connection, each job in its own
-savepoint so that one job's error undoes only that job, and answers the callers only
-once COMMIT has returned. Jobs that made work runnable have the transaction send a
+queued up meanwhile in one transaction on one connection, sent in one round trip
+where it can be, and answers the callers only once COMMIT has returned. One job's
+error undoes only that job. Jobs that made work runnable have the transaction send a
 NOTIFY, which PostgreSQL delivers at commit, and only if it commits.
 
 The listener holds a LISTEN connection and calls back on every notification; it
@@ -39,6 +39,8 @@ transaction PostgreSQL's per-backend subtransaction cache overflows, which slows
 every session's snapshots."""
 _MAX_TRIES = 5
 """Attempts of a job that keeps losing deadlocks before its error reaches the caller."""
+_ABANDON = "DO $$ BEGIN RAISE EXCEPTION 'stepstone: batch abandoned before its commit'; END $$"
+"""Fails a pipeline's implicit transaction, so that the Sync that ends it does not commit."""
 _LISTEN_CHECK = 30.0
 """Seconds between liveness checks of the LISTEN connection (a silent drop raises nothing)."""
 
@@ -62,35 +64,66 @@ class Tx:
         self.wakes = True
 
 
+class Later(Generic[T]):
+    """A job's answer read once its statements have run: `read` looks at their cursors.
+
+    A job that returns one needs no answer from the server before COMMIT, so its
+    statements, the COMMIT and those of the other jobs of the batch share one round trip.
+    (A job may also read while it runs: a fetch waits for the statements sent so far.)
+    `read` must not refuse: the transaction has committed by the time it runs.
+    """
+
+    __slots__ = ("read",)
+
+    def __init__(self, read: Callable[[], Awaitable[T]]) -> None:
+        self.read = read
+
+
+Job = Callable[[Tx], Awaitable[Any]]
+"""A write: it sends its statements on `tx.conn` and returns its answer, or a `Later` one."""
+
+
 @dataclass(eq=False)
-class _Job(Generic[T]):
-    run: Callable[[Tx], Awaitable[T]]
-    future: asyncio.Future[T]
+class _Job:
+    run: Job
+    future: asyncio.Future[Any]
     tries: int = 0
 
 
 @dataclass
 class _Outcome:
-    job: _Job[Any]
+    job: _Job
     result: Any = None
     error: BaseException | None = None
 
 
-class GroupCommit:
-    """The writer task: runs queued jobs in batches, one transaction and one savepoint per job each.
+class _Refused(Exception):
+    """The optimistic batch failed: some job's statements (or its own code) raised."""
 
-    A job that loses a deadlock is rolled back and retried in the next batch, after this
-    one has committed and released the locks the other transaction waits for.
+
+async def _answer(value: Any) -> Any:
+    return await value.read() if isinstance(value, Later) else value
+
+
+class GroupCommit:
+    """The writer task: runs queued jobs in batches, one transaction each.
+
+    A batch is first sent whole, in pipeline mode: every job's statements, then a Sync
+    that commits them, in one round trip when no job needs an answer before the end. If anything
+    fails, that transaction is rolled back and the batch runs again carefully, each job
+    in its own savepoint, so that one job's error undoes only that job. A job that
+    loses a deadlock is retried in the next batch, after this one has committed and
+    released the locks the other transaction waits for.
     """
 
     def __init__(self, pool: AsyncConnectionPool[Connection], wakeup_channel: str) -> None:
         self._pool = pool
-        self._commit_and_notify = sql.SQL("NOTIFY {}; COMMIT").format(sql.Identifier(wakeup_channel))
-        self._queue: asyncio.Queue[_Job[Any] | None] = asyncio.Queue()
+        self._notify = sql.SQL("NOTIFY {}").format(sql.Identifier(wakeup_channel))
+        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._committing = False
         self._task = asyncio.create_task(self._main(), name="stepstone-postgres-writer")
 
-    def submit(self, run: Callable[[Tx], Awaitable[T]]) -> asyncio.Future[T]:
+    def submit(self, run: Callable[[Tx], Awaitable[T | Later[T]]]) -> asyncio.Future[T]:
         job = _Job(run, asyncio.get_running_loop().create_future())
         self._queue.put_nowait(job)
         return job.future
@@ -101,7 +134,7 @@ class GroupCommit:
         await self._task
 
     async def _main(self) -> None:
-        retry: list[_Job[Any]] = []
+        retry: list[_Job] = []
         stopping = False
         while True:
             batch, retry = retry, []
@@ -130,57 +163,114 @@ class GroupCommit:
             for outcome in outcomes:
                 settle(outcome.job.future, outcome.result, outcome.error)
 
-    async def _commit(self, batch: list[_Job[Any]]) -> tuple[list[_Outcome], list[_Job[Any]]]:
+    async def _commit(self, batch: list[_Job]) -> tuple[list[_Outcome], list[_Job]]:
         """Run a batch; if the connection breaks before COMMIT (nothing written), once more on another."""
         for attempt in (1, 2):
             async with self._pool.connection() as conn:
                 try:
-                    return await self._transaction(conn, batch)
+                    try:
+                        return await self._pipelined(conn, batch)
+                    except _Refused:
+                        return await self._careful(conn, batch)
                 except psycopg.OperationalError:
                     if attempt == 2 or self._committing or not conn.broken:
                         raise
             await self._pool.check()
         raise AssertionError("unreachable")
 
-    async def _transaction(self, conn: Connection, batch: list[_Job[Any]]) -> tuple[list[_Outcome], list[_Job[Any]]]:
+    async def _pipelined(self, conn: Connection, batch: list[_Job]) -> tuple[list[_Outcome], list[_Job]]:
+        """The whole batch in one transaction sent at once. If anything fails it is rolled
+        back; a lone job then has its error, a batch raises _Refused to be run carefully."""
+        self._committing = False
+        values = []
+        failure: BaseException | None = None
+        try:
+            # Statements between two Syncs of a pipeline form one implicit transaction,
+            # committed by the Sync sent when the block ends, rolled back if one fails.
+            async with conn.pipeline():
+                try:
+                    wakes = False
+                    for job in batch:
+                        tx = Tx(conn)
+                        values.append(await job.run(tx))
+                        wakes = wakes or tx.wakes
+                    if wakes:
+                        await conn.execute(self._notify)
+                except BaseException as exc:
+                    # A job's own check refused (or we are cancelled): the Sync must not commit.
+                    failure = exc
+                    if not conn.broken:
+                        with contextlib.suppress(psycopg.Error):
+                            await conn.execute(_ABANDON)
+                else:
+                    # From here a broken connection leaves the outcome unknown: never run the batch again.
+                    self._committing = True
+        except Exception as exc:
+            failure = failure or exc
+        if failure is None:
+            outcomes = []
+            for job, value in zip(batch, values, strict=True):
+                try:
+                    outcomes.append(_Outcome(job, await _answer(value)))
+                except Exception as exc:  # reading a Later's cursors should not fail; if it does, say so
+                    outcomes.append(_Outcome(job, error=exc))
+            return outcomes, []
+        if conn.broken or not isinstance(failure, Exception):
+            raise failure
+        await _rollback(conn)
+        if len(batch) > 1:
+            raise _Refused from failure
+        job = batch[0]
+        job.tries += 1
+        if _is_retryable(failure) and job.tries < _MAX_TRIES:
+            return [], [job]
+        return [_Outcome(job, error=failure)], []
+
+    async def _careful(self, conn: Connection, batch: list[_Job]) -> tuple[list[_Outcome], list[_Job]]:
+        """The batch once more, statement by statement, each job in a savepoint of its own."""
         outcomes: list[_Outcome] = []
-        retry: list[_Job[Any]] = []
+        retry: list[_Job] = []
         wakes = False
         self._committing = False
         try:
-            await conn.execute("BEGIN; SAVEPOINT job")
-            dirty = False  # the savepoint holds a kept job's changes: release it, take a new one
+            await conn.execute("BEGIN")
             for job in batch:
-                if dirty:
-                    await conn.execute("RELEASE SAVEPOINT job; SAVEPOINT job")
+                await conn.execute("SAVEPOINT job")
                 tx = Tx(conn)
                 job.tries += 1
                 try:
-                    result = await job.run(tx)
+                    result = await _answer(await job.run(tx))
                 except Exception as exc:
                     if conn.broken:
                         raise
-                    # Still the same savepoint afterwards, clean for the next job.
                     await conn.execute("ROLLBACK TO SAVEPOINT job")
-                    dirty = False
-                    if isinstance(exc, pg_errors.DeadlockDetected | pg_errors.SerializationFailure) and (
-                        job.tries < _MAX_TRIES
-                    ):
+                    if _is_retryable(exc) and job.tries < _MAX_TRIES:
                         retry.append(job)
                     else:
                         outcomes.append(_Outcome(job, error=exc))
                 else:
-                    dirty = True
+                    await conn.execute("RELEASE SAVEPOINT job")
                     wakes = wakes or tx.wakes
                     outcomes.append(_Outcome(job, result))
+            if wakes:
+                await conn.execute(self._notify)
             self._committing = True
-            await conn.execute(self._commit_and_notify if wakes else "COMMIT")
+            await conn.execute("COMMIT")
         except BaseException:
-            if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
-                with contextlib.suppress(psycopg.Error):
-                    await conn.execute("ROLLBACK")
+            await _rollback(conn)
             raise
         return outcomes, retry
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    """A deadlock or serialization failure: the same job may well succeed next time."""
+    return isinstance(exc, pg_errors.DeadlockDetected | pg_errors.SerializationFailure)
+
+
+async def _rollback(conn: Connection) -> None:
+    if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
+        with contextlib.suppress(psycopg.Error):
+            await conn.execute("ROLLBACK")
 
 
 # -- notifications ------------------------------------------------------------------------

@@ -47,9 +47,14 @@ SELECT (SELECT seq FROM kept), (SELECT status FROM woken)
 # Restart from a step: delete it and the steps recorded after it; events they took go
 # too (ON DELETE CASCADE). The step itself is deleted, so no row deleted means no such step.
 DISCARD_STEPS_FROM = """
-DELETE FROM {s}.steps WHERE instance_pk = %(pk)s AND seq >= (
-    SELECT seq FROM {s}.steps WHERE instance_pk = %(pk)s AND kind = %(kind)s AND name = %(name)s AND count = %(count)s
+WITH discarded AS (
+    DELETE FROM {s}.steps WHERE instance_pk = %(pk)s AND seq >= (
+        SELECT seq FROM {s}.steps
+        WHERE instance_pk = %(pk)s AND kind = %(kind)s AND name = %(name)s AND count = %(count)s
+    )
+    RETURNING 1
 )
+SELECT count(*) FROM discarded
 """
 DISCARD_STEPS = "DELETE FROM {s}.steps WHERE instance_pk = %(pk)s"
 
@@ -70,7 +75,9 @@ UPDATE {{s}}.instances SET status = %(status)s, paused_status = %(paused_status)
 WHERE pk = %(pk)s RETURNING {INSTANCE_COLUMNS}
 """
 
-DELETE_INSTANCE = "DELETE FROM {s}.instances WHERE workflow = %s AND id = %s"
+DELETE_INSTANCE = """
+WITH deleted AS (DELETE FROM {s}.instances WHERE workflow = %s AND id = %s RETURNING 1) SELECT count(*) FROM deleted
+"""
 
 # Retention: the oldest ended instances first, workflow by workflow, skipping any that
 # another transaction holds (a restart, say).
@@ -140,39 +147,39 @@ FROM picked WHERE i.pk = picked.pk
 RETURNING picked.tier, picked.rank, i.pk, i.workflow, i.id, i.params, i.created_at, i.lease_token, picked.resumed
 """
 
-# When something of the workflows is next claimable: 0 if one is queued (when asked),
-# else the earliest timer or lease of another worker. Per workflow, so that each
-# minimum is the first entry of one index range.
+# When something of the workflows is next claimable: the earliest timer, or lease of
+# another worker. Per workflow, so that each minimum is the first entry of one index range.
 EARLIEST = """
-SELECT CASE WHEN %(queued)s AND EXISTS (
-    SELECT 1 FROM {s}.instances WHERE status = 'queued' AND workflow = ANY(%(names)s::text[])
-) THEN 0 ELSE (
-    SELECT least(min(timer.at), min(lease.at)) FROM unnest(%(names)s::text[]) AS w (name),
-    LATERAL (SELECT min(wake_at) AS at FROM {s}.instances WHERE status = 'waiting' AND workflow = w.name) timer,
-    LATERAL (
-        SELECT min(lease_expires) AS at FROM {s}.instances
-        WHERE status IN ('running', 'waitingForPause') AND workflow = w.name AND lease_owner <> %(worker)s
-    ) lease
-) END
+SELECT least(min(timer.at), min(lease.at)) FROM unnest(%(names)s::text[]) AS w (name),
+LATERAL (SELECT min(wake_at) AS at FROM {s}.instances WHERE status = 'waiting' AND workflow = w.name) timer,
+LATERAL (
+    SELECT min(lease_expires) AS at FROM {s}.instances
+    WHERE status IN ('running', 'waitingForPause') AND workflow = w.name AND lease_owner <> %(worker)s
+) lease
 """
 
-# The fence of a write: lock the instance row if the token still holds the lease (a run
-# that goes on also touches it, a run that ends updates it again later).
-LOCK_LEASED = (
-    "SELECT status FROM {s}.instances WHERE pk = %s AND lease_token = %s AND lease_owner IS NOT NULL FOR UPDATE"
-)
-TOUCH_LEASED = (
-    "UPDATE {s}.instances SET updated_at = %s WHERE pk = %s AND lease_token = %s AND lease_owner IS NOT NULL "
-    "RETURNING status"
-)
+# The fence of a write: every statement of a run's write checks that its token still
+# holds the lease, and fails the transaction when it does not (write_refused, migration
+# 0002). So the fence, the step records and the commit can all be sent at once, before
+# any answer arrives, and a lost lease changes nothing.
+_REFUSE_LOST = "{s}.write_refused(%(pk)s, 'no longer leased with this token')"
+_LEASED = "pk = %(pk)s AND lease_token = %(token)s AND lease_owner IS NOT NULL"
 
-# One statement per step: upsert it by key, append its attempts, take its event. It is
-# fenced by the token itself, so it changes nothing when the lease is lost and can be
-# sent before the answer of LOCK_LEASED arrives.
-RECORD_STEP = """
-WITH leased AS (
-    SELECT pk FROM {s}.instances WHERE pk = %(pk)s AND lease_token = %(token)s AND lease_owner IS NOT NULL
-), step AS (
+LOCK_LEASED = f"""
+WITH locked AS (SELECT status FROM {{s}}.instances WHERE {_LEASED} FOR UPDATE)
+SELECT coalesce((SELECT status FROM locked), {_REFUSE_LOST})
+"""
+
+TOUCH_LEASED = f"""
+WITH touched AS (UPDATE {{s}}.instances SET updated_at = %(now)s WHERE {_LEASED} RETURNING status)
+SELECT coalesce((SELECT status FROM touched), {_REFUSE_LOST})
+"""
+
+# One statement per step: upsert it by key, append its attempts, take its event (and
+# fail if that event is gone). `{leased}` finds the instance if the lease holds; for the
+# first step of a run that goes on, it also touches the instance (its updated_at).
+_RECORD_STEP = """
+WITH leased AS ({leased}), step AS (
     INSERT INTO {s}.steps (instance_pk, kind, name, count, status, result, error_type, error_message, attempts,
         due_at, started_at, ended_at)
     SELECT pk, %(kind)s::text, %(name)s::text, %(count)s::integer, %(status)s::text, %(result)s::text,
@@ -195,20 +202,47 @@ WITH leased AS (
     WHERE events.seq = %(consume_event)s::bigint AND events.consumed_by IS NULL
     RETURNING events.seq
 )
-SELECT count(*) FROM taken
-"""
-
-HAS_PENDING_EVENT = """
-SELECT EXISTS (
-    SELECT 1 FROM {s}.events WHERE instance_pk = %s AND consumed_by IS NULL AND type = ANY(%s::text[])
+SELECT coalesce((SELECT status FROM leased), {refuse_lost}),
+    CASE WHEN %(consume_event)s::bigint IS NOT NULL AND (SELECT count(*) FROM taken) <> 1
+        THEN {s}.write_refused(%(pk)s, 'the event its step takes was taken or removed meanwhile') END
+""".replace("{refuse_lost}", _REFUSE_LOST)
+RECORD_STEP = _RECORD_STEP.replace("{leased}", f"SELECT pk, status FROM {{s}}.instances WHERE {_LEASED}")
+TOUCH_AND_RECORD_STEP = _RECORD_STEP.replace(
+    "{leased}", f"UPDATE {{s}}.instances SET updated_at = %(now)s WHERE {_LEASED} RETURNING pk, status"
 )
-"""
 
-END_RUN = """
-UPDATE {s}.instances SET status = %(status)s, paused_status = %(paused_status)s, wake_at = %(wake_at)s,
-    output = %(output)s, error = %(error)s, ended_at = %(ended_at)s, lease_owner = NULL, lease_expires = NULL,
-    updated_at = %(now)s
-WHERE pk = %(pk)s
+# A run stops: the instance leaves `running` and its lease is released. The status it
+# takes follows lifecycle.end_status (the SQLite store calls that; here it is in SQL,
+# so that the write needs no answer before its commit): a pause asked meanwhile
+# (`waitingForPause`) takes effect now; a run that stopped to pause finds the pause
+# withdrawn if the instance was resumed meanwhile. A run that stops to wait for events
+# of which one is already kept is due at once. Locked by LOCK_LEASED before.
+END_RUN = f"""
+WITH current AS (
+    SELECT pk, status, CASE WHEN %(end)s = 'waiting' AND EXISTS (
+        SELECT 1 FROM {{s}}.events
+        WHERE instance_pk = %(pk)s AND consumed_by IS NULL AND type = ANY(%(wait_types)s::text[])
+    ) THEN %(now)s ELSE %(wake_at)s::double precision END AS wake_at
+    FROM {{s}}.instances WHERE {_LEASED}
+), next AS (
+    SELECT pk, wake_at, CASE
+        WHEN status = 'waitingForPause' AND %(end)s IN ('waiting', 'queued', 'paused') THEN 'paused'
+        WHEN %(end)s = 'paused' THEN CASE WHEN wake_at IS NULL THEN 'queued' ELSE 'waiting' END
+        ELSE %(end)s
+    END AS status, CASE
+        WHEN status = 'waitingForPause' AND %(end)s IN ('waiting', 'queued', 'paused')
+        THEN CASE WHEN wake_at IS NULL THEN 'queued' ELSE 'waiting' END
+    END AS paused_status
+    FROM current
+), ended AS (
+    UPDATE {{s}}.instances i SET status = next.status, paused_status = next.paused_status, wake_at = next.wake_at,
+        output = %(output)s, error = %(error)s,
+        ended_at = CASE WHEN next.status IN ('complete', 'errored') THEN %(now)s END,
+        lease_owner = NULL, lease_expires = NULL, updated_at = %(now)s
+    FROM next WHERE i.pk = next.pk
+    RETURNING i.status
+)
+SELECT coalesce((SELECT status FROM ended), {_REFUSE_LOST})
 """
 
 RENEW_LEASES = """

@@ -11,8 +11,8 @@ import psycopg
 import pytest
 from psycopg import errors as pg_errors
 
-from stepstone.errors import InvalidInputError, StepstoneError
-from stepstone.store import from_url, postgres
+from stepstone.errors import InvalidInputError, LeaseLostError, StepstoneError
+from stepstone.store import from_url, migrations, postgres
 from stepstone.store.base import RunWrite
 from stepstone.store.postgres import PostgresStore
 from stepstone.store.postgres_connections import GroupCommit, Tx
@@ -122,7 +122,8 @@ async def test_concurrent_opens_of_a_fresh_schema_migrate_it_once(pg_url: str) -
     finally:
         await asyncio.gather(*(store.close() for store in stores))
     with psycopg.connect(pg_url) as conn:
-        assert conn.execute("SELECT version FROM fresh.schema_version").fetchall() == [(1,)]
+        versions = conn.execute("SELECT version FROM fresh.schema_version ORDER BY version").fetchall()
+    assert versions == [(migration.version,) for migration in migrations.load("postgres")]
 
 
 # -- group commit -------------------------------------------------------------------------------
@@ -130,13 +131,13 @@ async def test_concurrent_opens_of_a_fresh_schema_migrate_it_once(pg_url: str) -
 
 async def test_concurrent_writes_share_commits(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     batches: list[int] = []
-    transaction = GroupCommit._transaction
+    commit = GroupCommit._commit
 
-    async def counted(self: GroupCommit, conn: Any, batch: list[Any]) -> Any:
+    async def counted(self: GroupCommit, batch: list[Any]) -> Any:
         batches.append(len(batch))
-        return await transaction(self, conn, batch)
+        return await commit(self, batch)
 
-    monkeypatch.setattr(GroupCommit, "_transaction", counted)
+    monkeypatch.setattr(GroupCommit, "_commit", counted)
     async with opened(pg_url) as store:
         await store.create_instances(WF, [(f"i{n}", "{}") for n in range(200)], T0)
         leases = (await store.claim("w1", [WF], 200, T0, T0 + LEASE)).claims
@@ -145,6 +146,24 @@ async def test_concurrent_writes_share_commits(pg_url: str, monkeypatch: pytest.
         assert sum(batches) == 200
         assert len(batches) <= 200 // 32
         assert max(batches) <= 64  # each job is a subtransaction: stay within PostgreSQL's cache
+
+
+async def test_a_refused_write_in_a_batch_undoes_only_itself(pg_url: str) -> None:
+    async with opened(pg_url) as store:
+        await store.create_instances(WF, [(f"i{n}", "{}") for n in range(20)], T0)
+        leases = (await store.claim("w1", [WF], 20, T0, T0 + LEASE)).claims
+        stale = leases[7]
+        writes = [
+            store.write(RunWrite(c.pk, c.token - 1 if c is stale else c.token, T0 + 1, steps=[do_step("a")]))
+            for c in leases
+        ]
+        outcomes = await asyncio.gather(*writes, return_exceptions=True)
+        assert [type(o) for o in outcomes if isinstance(o, BaseException)] == [LeaseLostError]
+        assert isinstance(outcomes[7], LeaseLostError)
+        assert "no longer leased" in str(outcomes[7])
+        for claim in leases:
+            recorded = [step.key.name for step in await store.load_steps(claim.pk)]
+            assert recorded == ([] if claim is stale else ["a"])
 
 
 async def test_a_job_that_loses_a_deadlock_is_run_again_after_the_commit(pg_url: str) -> None:
