@@ -21,9 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
+from playwright.sync_api import Page
 
 from stepstone import Engine, Workflow
 
@@ -80,7 +81,7 @@ def _apt_install(package: str) -> str | None:
     return f"apt-get failed: {output.splitlines()[-1] if output else 'no output'}"
 
 
-def screenshot(page: Any, name: str) -> None:
+def screenshot(page: Page, name: str) -> None:
     """Save the page as `dashboard-<name>.png` in $STEPSTONE_SCREENSHOTS, when that is set."""
     folder = os.environ.get(SCREENSHOTS)
     if folder:

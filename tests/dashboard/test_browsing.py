@@ -52,7 +52,6 @@ def test_the_instances_table_filters_by_status_and_pages_with_the_cursor(page: P
     expect(page.locator('.filters .chip[data-status="queued"] .count')).to_have_text("25")
     expect(page.locator('.filters .chip[data-status="paused"] .count')).to_have_text("5")
     expect(page.locator('.filters .chip[data-status="all"] .count')).to_have_text("30")
-    screenshot(page, "instances")
     page.get_by_role("link", name="Next page").click()
     expect(rows).to_have_count(5)
     expect(rows.last).to_have_attribute("data-id", "p-00")
@@ -144,6 +143,5 @@ def test_on_a_phone_the_pages_fit_the_screen(browser: Browser, states: Site) -> 
             expect(page.locator("main .badge").first).to_be_visible()
             width = page.evaluate("document.documentElement.scrollWidth")
             assert width <= 390, f"{path} is {width} px wide on a 390 px screen"
-        screenshot(page, "phone")
     finally:
         context.close()

@@ -11,7 +11,7 @@ from playwright.sync_api import Page, Request, expect
 
 from stepstone import Engine
 
-from .site import address, on_store, screenshot, stepstone
+from .site import address, on_store, stepstone
 
 TOKEN = "dash-token-7Qx2"
 
@@ -44,7 +44,6 @@ def test_the_page_asks_for_the_token_refuses_a_wrong_one_and_sends_the_right_one
     dialog.get_by_label("STEPSTONE_API_TOKEN").fill("wrong")
     dialog.get_by_role("button", name="Use token").click()
     expect(dialog).to_contain_text("The server refused that token.")
-    screenshot(page, "token")
     dialog.get_by_label("STEPSTONE_API_TOKEN").fill(TOKEN)
     dialog.get_by_role("button", name="Use token").click()
     expect(dialog).to_be_hidden()
