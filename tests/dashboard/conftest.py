@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
 from stepstone import Engine
 from stepstone.instances import StepDetail
@@ -51,16 +51,27 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    """A fresh tab (its own storage) at a laptop's size, that fails the test on any uncaught script error."""
+    """A fresh tab (its own storage) at a laptop's size.
+
+    It fails the test on an uncaught script error or an error on the console (a blocked
+    resource, say), but for the failed requests the tests cause on purpose (a 401, a 404).
+    """
     context = browser.new_context(viewport={"width": 1280, "height": 860}, locale="en-GB", timezone_id="Europe/Paris")
     context.set_default_timeout(15_000)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.extend(_console_error(message)))
     page.on("dialog", lambda dialog: dialog.accept())
     yield page
     context.close()
     assert not errors, errors
+
+
+def _console_error(message: ConsoleMessage) -> list[str]:
+    if message.type != "error" or message.text.startswith("Failed to load resource"):
+        return []
+    return [message.text]
 
 
 async def _build(engine: Engine) -> None:

@@ -92,6 +92,28 @@ export async function call(method, url, body) {
   }
 }
 
+/**
+ * `fn` paced: a call runs it after `delay` ms, and at most once every `gap` ms; calls
+ * made meanwhile fold into the one pending. `.cancel()` drops the pending one.
+ */
+export function paced(fn, { delay = 300, gap = 2000 } = {}) {
+  let timer = null;
+  let last = -Infinity;
+  const run = () => {
+    timer = null;
+    last = Date.now();
+    fn();
+  };
+  const call = () => {
+    if (timer === null) timer = setTimeout(run, Math.max(delay, last + gap - Date.now()));
+  };
+  call.cancel = () => {
+    clearTimeout(timer);
+    timer = null;
+  };
+  return call;
+}
+
 function sleep(ms, signal) {
   return new Promise((resolve) => {
     const timer = setTimeout(resolve, ms);

@@ -86,17 +86,20 @@ export function at(iso) {
   return h(
     "span",
     { class: "at" },
-    h("time", { datetime: iso, title: localTime(iso) }, shortLocalTime(iso)),
+    h("time", { datetime: iso, title: localTime(iso), class: "abs" }, shortLocalTime(iso)),
     " ",
-    h("span", { class: "muted" }, "(", h("time", { datetime: iso, class: "rel" }, relative(iso)), ")"),
+    h("time", { datetime: iso, title: localTime(iso), class: "rel muted" }, relative(iso)),
   );
 }
 
-/** Update every relative time on the page (called on a timer). */
+/** Update every relative time and running duration on the page (called on a timer). */
 export function refreshTimes(root = document) {
   const now = Date.now();
   for (const element of root.querySelectorAll("time.rel")) {
     element.textContent = (element.dataset.prefix ?? "") + relative(element.getAttribute("datetime"), now);
+  }
+  for (const element of root.querySelectorAll(".elapsed[data-since]")) {
+    element.textContent = duration(now - new Date(element.dataset.since).getTime());
   }
 }
 
@@ -118,6 +121,11 @@ export function between(start, end) {
   if (!start) return "—";
   const stop = end ? new Date(end).getTime() : Date.now();
   return duration(stop - new Date(start).getTime());
+}
+
+/** The time from `start` to `end`; while there is no end, a span that refreshTimes keeps counting. */
+export function elapsed(start, end) {
+  return h("span", { class: "elapsed", "data-since": start && !end ? start : null }, between(start, end));
 }
 
 const FOLD_TEXT = 200;

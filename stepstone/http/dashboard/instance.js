@@ -4,7 +4,7 @@
 // the instance's change stream; the forms keep what was typed across updates.
 
 import * as api from "./api.js";
-import { at, badge, between, fill, h, json, when } from "./format.js";
+import { at, badge, between, elapsed, fill, h, json, when } from "./format.js";
 
 const ACTIONS = {
   pause: { label: "Pause", from: ["queued", "running", "waiting", "unknown"], done: "Paused" },
@@ -103,7 +103,7 @@ export function instanceView({ main, notify, setLive, setCrumbs }, workflow, id)
       ["Created", at(instance.created)],
       ["Started", at(instance.started)],
       [instance.ended ? "Ended" : "Last update", at(instance.ended ?? instance.updated)],
-      ["Duration", between(instance.started, instance.ended)],
+      ["Duration", elapsed(instance.started, instance.ended)],
     ];
     if (instance.wake && !instance.ended) rows.push(["Next run", at(instance.wake)]);
     fill(meta, rows.map(([term, value]) => h("div", {}, h("dt", {}, term), h("dd", {}, value))));
@@ -190,7 +190,7 @@ export function instanceView({ main, notify, setLive, setCrumbs }, workflow, id)
         h("span", { class: "kind" }, KIND_LABELS[step.kind] ?? step.kind),
         h("span", { class: "step-name mono" }, name),
         h("span", { class: `step-status step-status-${step.status}` }, step.status),
-        h("span", { class: "step-time muted" }, when(step.started), " · ", between(step.started, step.ended)),
+        h("span", { class: "step-time muted" }, when(step.started), " · ", elapsed(step.started, step.ended)),
         restart,
       ),
       details,

@@ -3,7 +3,7 @@
 // change stream; and a form that triggers a new instance.
 
 import * as api from "./api.js";
-import { STATUSES, at, badge, between, fill, h } from "./format.js";
+import { STATUSES, at, badge, elapsed, fill, h } from "./format.js";
 
 const PER_PAGE = 25;
 const REFETCH_MS = 400;
@@ -140,7 +140,7 @@ export function instancesView({ main, notify, setLive, setCrumbs }, name, query)
       h("td", {}, badge(instance.status)),
       h("td", {}, at(instance.created)),
       h("td", {}, at(instance.updated)),
-      h("td", { class: "num" }, between(instance.started, instance.ended)),
+      h("td", { class: "num" }, elapsed(instance.started, instance.ended)),
     );
   }
 
@@ -174,11 +174,9 @@ export function instancesView({ main, notify, setLive, setCrumbs }, name, query)
     }
   }
 
-  let refetchTimer = null;
-  function refetch() {
-    clearTimeout(refetchTimer);
-    refetchTimer = setTimeout(load, REFETCH_MS);
-  }
+  // The stream updates rows in place; a new instance, or a change of counts (an instance
+  // deleted, or one leaving the filter), reloads the page, at most every 2 s.
+  const refetch = api.paced(load, { delay: REFETCH_MS });
 
   function changed(instance) {
     const tr = rows.get(instance.id);
@@ -198,6 +196,7 @@ export function instancesView({ main, notify, setLive, setCrumbs }, name, query)
     {
       counts: (data) => {
         if (stopped) return;
+        if (counts !== null) refetch();
         counts = data.counts;
         renderFilters();
       },
@@ -208,7 +207,7 @@ export function instancesView({ main, notify, setLive, setCrumbs }, name, query)
   );
   return () => {
     stopped = true;
-    clearTimeout(refetchTimer);
+    refetch.cancel();
     stop();
   };
 }

@@ -43,6 +43,7 @@ export function overviewView({ main, notify, setLive, setCrumbs }) {
     const names = new Set(rows.map((row) => row.name));
     for (const [name, card] of cards) {
       if (!names.has(name)) {
+        card.reload.cancel();
         card.element.remove();
         cards.delete(name);
       }
@@ -51,13 +52,15 @@ export function overviewView({ main, notify, setLive, setCrumbs }) {
       let card = cards.get(row.name);
       if (!card) {
         card = workflowCard(row.name);
+        const made = card;
+        card.reload = api.paced(() => loadRecent(row.name, made), { delay: 0 });
         cards.set(row.name, card);
       }
       grid.append(card.element); // keeps the server's order (by name)
       const changed = JSON.stringify(row.counts) !== card.counts;
       card.counts = JSON.stringify(row.counts);
       renderCounts(card, row);
-      if (changed) loadRecent(row.name, card);
+      if (changed) card.reload();
     });
   }
 
@@ -71,6 +74,7 @@ export function overviewView({ main, notify, setLive, setCrumbs }) {
   );
   return () => {
     stopped = true;
+    for (const card of cards.values()) card.reload.cancel();
     stop();
   };
 }
