@@ -17,6 +17,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
@@ -25,7 +26,17 @@ from stepstone import Engine
 from stepstone.instances import StepDetail
 
 from . import app
-from .site import CHROMIUM_ARGS, DEADLINE, address, ensure_chromium, on_store, status_of, stepstone, wait_for_status
+from .site import (
+    CHROMIUM_ARGS,
+    DEADLINE,
+    address,
+    chromium,
+    install_chromium,
+    on_store,
+    status_of,
+    stepstone,
+    wait_for_status,
+)
 
 expect.set_options(timeout=10_000)
 
@@ -40,9 +51,18 @@ class Site:
     """The store's URL, for checking what the page did."""
 
 
-@pytest.fixture(scope="session")
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Install chromium before the tests run when any of this package's tests will."""
+    here = Path(__file__).parent
+    if any(here in item.path.parents for item in items):
+        install_chromium()
+
+
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
-    executable = ensure_chromium()
+    """Chromium, for this package's tests only: Playwright's sync API holds an event loop on the
+    test thread while it runs, which async tests elsewhere could not share."""
+    executable = chromium()
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield browser
@@ -126,8 +146,8 @@ async def _create(engine: Engine, workflow: str, *ids: str) -> None:
         await engine.workflow(workflow).create(id=instance_id)
 
 
-@pytest.fixture(scope="session")
-def states(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+@pytest.fixture(scope="package")
+def states(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """`stepstone dev` (running only `slow`) on a SQLite database with instances in every status."""
     folder = tmp_path_factory.mktemp("dashboard")
     db = f"sqlite:///{folder}/states.db"

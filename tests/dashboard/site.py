@@ -47,15 +47,30 @@ T = TypeVar("T")
 # -- the browser ------------------------------------------------------------------------------
 
 
-def ensure_chromium() -> str:
-    """Debian's chromium, installed with apt when missing; under CI=true its absence fails the run."""
-    if not os.path.exists(CHROMIUM):
+_install_problem: list[str] = []
+"""Why installing chromium failed, once it was tried."""
+
+
+def install_chromium() -> None:
+    """Install Debian's chromium with apt when it is missing (once; a failure is kept for `chromium`).
+
+    Called while the tests are collected, so a slow download does not count against a
+    test's timeout.
+    """
+    if not os.path.exists(CHROMIUM) and not _install_problem:
         problem = _apt_install("chromium")
         if problem is not None:
-            message = f"the dashboard tests need {CHROMIUM} and it could not be installed: {problem}"
-            if os.environ.get("CI") == "true":
-                pytest.fail(message, pytrace=False)
-            pytest.skip(message)
+            _install_problem.append(problem)
+
+
+def chromium() -> str:
+    """The browser's path; without it the test fails under CI=true, and is skipped elsewhere."""
+    install_chromium()
+    if not os.path.exists(CHROMIUM):
+        message = f"the dashboard tests need {CHROMIUM} and it could not be installed: {_install_problem[0]}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
     return CHROMIUM
 
 
