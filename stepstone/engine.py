@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -14,7 +14,7 @@ from stepstone.errors import InvalidInputError, StepstoneError, WorkflowNotFound
 from stepstone.instances import WorkflowHandle
 from stepstone.retention import Retention
 from stepstone.serialization import Limits
-from stepstone.store.base import Store
+from stepstone.store.base import InstanceRecord, Lease, Store
 from stepstone.threads import DaemonThreadPool
 from stepstone.worker import Worker
 from stepstone.workflow import Workflow, check_class, name_of
@@ -162,6 +162,15 @@ class Engine:
     def wake(self) -> None:
         if self._worker is not None:
             self._worker.wake()
+
+    def lease_new(self, workflow: str, count: int) -> Lease | None:
+        """A lease for new instances this process creates, if its worker has free slots."""
+        return None if self._worker is None else self._worker.lease_new(workflow, count)
+
+    def adopt(self, lease: Lease | None, created: Sequence[InstanceRecord]) -> None:
+        """Hand the instances created under `lease` to the worker, which runs them now."""
+        if lease is not None and self._worker is not None:
+            self._worker.adopt(lease, created)
 
     def poke(self, pk: int) -> None:
         if self._worker is not None:

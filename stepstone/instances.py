@@ -283,8 +283,16 @@ class WorkflowHandle:
             rows.append((instance_id, params))
         if not rows:
             return []
-        records = await self._engine.store.create_instances(self.name, rows, clock.now())
-        self._engine.wake()
+        # Instances the local worker has room for are created leased to it and run at once.
+        lease = self._engine.lease_new(self.name, len(rows))
+        try:
+            records = await self._engine.store.create_instances(self.name, rows, clock.now(), lease)
+        except BaseException:
+            self._engine.adopt(lease, [])
+            raise
+        self._engine.adopt(lease, records)
+        if lease is None or len(records) > lease.limit:
+            self._engine.wake()
         return [Instance(self._engine, record) for record in records]
 
     async def get(self, id: str) -> Instance:

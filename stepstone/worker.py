@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -22,7 +22,7 @@ from stepstone import clock, retention
 from stepstone.replay import Run
 from stepstone.retention import Retention
 from stepstone.serialization import Limits
-from stepstone.store.base import Claim, Store
+from stepstone.store.base import FIRST_TOKEN, Claim, InstanceRecord, Lease, Store
 from stepstone.workflow import Workflow
 
 log = logging.getLogger("stepstone.worker")
@@ -87,6 +87,10 @@ class Worker:
         self._wakeup: asyncio.Future[None] | None = None
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._reserved = 0
+        """Slots promised to instances being created by this process (lease_new, then adopt)."""
+        self._unreserved = asyncio.Event()
+        self._unreserved.set()
 
     async def start(self) -> None:
         await self.store.worker_seen(self.id, self.host, os.getpid(), clock.now())
@@ -107,6 +111,9 @@ class Worker:
             # The claim loop ends at its next turn; cancelling it mid-claim could strand a claim.
             await asyncio.wait([claim_loop], timeout=grace)
             claim_loop.cancel()
+        # Instances being created under a lease of ours start here first, then stop like the rest.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._unreserved.wait(), grace)
         runs = [a.task for a in self.active.values() if a.task is not None]
         for task in runs:
             task.cancel()  # each run hands its instance back as it ends
@@ -131,6 +138,34 @@ class Worker:
         self._wakeup = asyncio.get_running_loop().create_future()
         await asyncio.wait([self._wakeup], timeout=delay)
 
+    def lease_new(self, workflow: str, count: int) -> Lease | None:
+        """Free slots for up to `count` new instances of `workflow` that this process creates.
+
+        They are created already leased to this worker and run here at once (`adopt`):
+        no claim, no wakeup. None when no slot is free (they are then created queued).
+        """
+        if self._stopping or not self._tasks or workflow not in self.workflows:
+            return None
+        taken = min(count, self.concurrency - len(self.active) - self._reserved)
+        if taken <= 0:
+            return None
+        self._reserved += taken
+        self._unreserved.clear()
+        return Lease(self.id, clock.now() + self.lease_seconds, taken)
+
+    def adopt(self, lease: Lease, created: Sequence[InstanceRecord]) -> None:
+        """Run the instances created under `lease` (`created` is empty if the create failed)."""
+        self._reserved -= lease.limit
+        if self._reserved == 0:
+            self._unreserved.set()
+        if not self._tasks:  # stopped meanwhile: their leases lapse and another worker takes them
+            return
+        for record in created:
+            if record.status == "running":
+                claim = Claim(record.pk, record.workflow, record.id, record.params_json, record.created_at, FIRST_TOKEN,
+                              resumed=False)  # fmt: skip
+                self._start(claim)
+
     def poke(self, pk: int) -> None:
         """An event was sent to instance `pk`: if it runs here, its waits look at once."""
         active = self.active.get(pk)
@@ -150,7 +185,7 @@ class Worker:
         names = sorted(self.workflows)
         while not self._stopping:
             self._woken = False
-            free = self.concurrency - len(self.active)
+            free = self.concurrency - len(self.active) - self._reserved
             next_at: float | None = None
             if free > 0:
                 try:

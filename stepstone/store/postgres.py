@@ -39,12 +39,14 @@ from stepstone.errors import (
 from stepstone.store import migrations
 from stepstone.store import postgres_queries as queries
 from stepstone.store.base import (
+    FIRST_TOKEN,
     Attempt,
     Claim,
     ClaimBatch,
     ControlOp,
     EventRecord,
     InstanceRecord,
+    Lease,
     RunWrite,
     Status,
     StepKey,
@@ -280,15 +282,18 @@ class PostgresStore:
     # -- instances, for clients -----------------------------------------------------------
 
     async def create_instances(
-        self, workflow: str, items: Sequence[tuple[str, str]], now: float
+        self, workflow: str, items: Sequence[tuple[str, str]], now: float, lease: Lease | None = None
     ) -> list[InstanceRecord]:
         ids = [instance_id for instance_id, _ in items]
-        params = [params_json for _, params_json in items]
+        leased = 0 if lease is None else lease.limit
+        args = {
+            "workflow": workflow, "ids": ids, "params": [params_json for _, params_json in items], "now": now,
+            "leased": leased, "worker": lease and lease.worker_id, "lease_until": lease and lease.until,
+            "token": FIRST_TOKEN,
+        }  # fmt: skip
 
         async def create(tx: Tx) -> list[InstanceRecord]:
-            cursor = await tx.conn.execute(
-                self._sql(queries.CREATE_INSTANCES), {"workflow": workflow, "ids": ids, "params": params, "now": now}
-            )
+            cursor = await tx.conn.execute(self._sql(queries.CREATE_INSTANCES), args)
             rows = await cursor.fetchall()
             if len(rows) < len(ids):
                 created = {row[2] for row in rows}
@@ -297,7 +302,7 @@ class PostgresStore:
                     if instance_id in seen or instance_id not in created:
                         raise InstanceExistsError(f"instance {instance_id!r} already exists in workflow {workflow!r}")
                     seen.add(instance_id)
-            if rows:
+            if len(rows) > leased:  # some are queued
                 tx.wake_workers()
             return sorted((_instance(row) for row in rows), key=lambda record: record.pk)
 

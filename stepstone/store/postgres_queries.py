@@ -18,10 +18,15 @@ SELECT name, %(now)s, %(now)s FROM unnest(%(names)s::text[]) AS name
 ON CONFLICT (name) DO UPDATE SET seen_at = excluded.seen_at
 """
 
+# The first %(leased)s instances are created already leased to %(worker)s (Store.create_instances).
 CREATE_INSTANCES = f"""
-INSERT INTO {{s}}.instances (workflow, id, status, params, created_at, updated_at)
-SELECT %(workflow)s, item.id, 'queued', item.params, %(now)s, %(now)s
-FROM unnest(%(ids)s::text[], %(params)s::text[]) WITH ORDINALITY AS item (id, params, position)
+INSERT INTO {{s}}.instances (workflow, id, status, params, created_at, updated_at, started_at, lease_owner,
+    lease_expires, lease_token)
+SELECT %(workflow)s, item.id, CASE WHEN leased THEN 'running' ELSE 'queued' END, item.params, %(now)s, %(now)s,
+    CASE WHEN leased THEN %(now)s END, CASE WHEN leased THEN %(worker)s END,
+    CASE WHEN leased THEN %(lease_until)s::double precision END, CASE WHEN leased THEN %(token)s ELSE 0 END
+FROM unnest(%(ids)s::text[], %(params)s::text[]) WITH ORDINALITY AS item (id, params, position),
+    LATERAL (SELECT item.position <= %(leased)s AS leased) AS lease
 ORDER BY item.position
 ON CONFLICT (workflow, id) DO NOTHING
 RETURNING {INSTANCE_COLUMNS}

@@ -32,12 +32,14 @@ from stepstone.errors import (
 )
 from stepstone.store import migrations
 from stepstone.store.base import (
+    FIRST_TOKEN,
     Attempt,
     Claim,
     ClaimBatch,
     ControlOp,
     EventRecord,
     InstanceRecord,
+    Lease,
     RunWrite,
     Status,
     StepKey,
@@ -298,17 +300,29 @@ class SqliteStore:
     # -- instances, for clients -----------------------------------------------------------
 
     async def create_instances(
-        self, workflow: str, items: Sequence[tuple[str, str]], now: float
+        self, workflow: str, items: Sequence[tuple[str, str]], now: float, lease: Lease | None = None
     ) -> list[InstanceRecord]:
+        leased = 0 if lease is None else lease.limit
+
         def create(conn: sqlite3.Connection) -> list[InstanceRecord]:
             created = []
-            for instance_id, params_json in items:
+            for position, (instance_id, params_json) in enumerate(items):
                 try:
-                    row = conn.execute(
-                        "INSERT INTO instances (workflow, id, status, params, created_at, updated_at) "
-                        f"VALUES (?, ?, 'queued', ?, ?, ?) RETURNING {_INSTANCE_COLUMNS}",
-                        (workflow, instance_id, params_json, now, now),
-                    ).fetchone()
+                    if position < leased:
+                        assert lease is not None
+                        row = conn.execute(
+                            "INSERT INTO instances (workflow, id, status, params, created_at, updated_at, "
+                            "started_at, lease_owner, lease_expires, lease_token) "
+                            f"VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?) RETURNING {_INSTANCE_COLUMNS}",
+                            (workflow, instance_id, params_json, now, now, now, lease.worker_id, lease.until,
+                             FIRST_TOKEN),
+                        ).fetchone()  # fmt: skip
+                    else:
+                        row = conn.execute(
+                            "INSERT INTO instances (workflow, id, status, params, created_at, updated_at) "
+                            f"VALUES (?, ?, 'queued', ?, ?, ?) RETURNING {_INSTANCE_COLUMNS}",
+                            (workflow, instance_id, params_json, now, now),
+                        ).fetchone()
                 except sqlite3.IntegrityError:
                     raise InstanceExistsError(
                         f"instance {instance_id!r} already exists in workflow {workflow!r}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -285,3 +286,39 @@ async def test_many_instances_created_at_once_all_run_to_completion(start_engine
     engine = await start_engine(Busy)
     many = await engine.workflow(Busy).create_batch([{"params": i} for i in range(60)])
     assert [(await finish(inst)).output for inst in many] == [i * 2 + 1 for i in range(60)]
+
+
+# -- instances created where a worker runs --------------------------------------------------
+
+
+class Held(Workflow):
+    """Holds its step until the test opens the gate."""
+
+    gate: asyncio.Event | None = None
+
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        async def hold() -> str:
+            assert Held.gate is not None
+            await Held.gate.wait()
+            return "done"
+
+        return await step.do("hold", hold)
+
+
+async def test_instances_created_beside_a_worker_with_room_start_there_at_once(store_url: str) -> None:
+    Held.gate = asyncio.Event()
+    async with stepstone.Engine(store_url, workflows=[Held], concurrency=2) as engine:
+        created = await engine.workflow(Held).create_batch([{"id": f"i{n}"} for n in range(5)])
+        # Two slots: two run under this worker's lease from their creation, the rest are queued.
+        assert [i.id for i in created] == ["i0", "i1", "i2", "i3", "i4"]
+        assert [(await i.status()).status for i in created] == ["running", "running", "queued", "queued", "queued"]
+        Held.gate.set()
+        assert [(await finish(i)).output for i in created] == ["done"] * 5
+
+
+async def test_a_client_without_a_worker_creates_queued_instances(start_engine: StartEngine) -> None:
+    client = await start_engine(Echo, worker=False)
+    inst = await client.workflow(Echo).create(params={"x": 1})
+    assert (await inst.status()).status == "queued"
+    await start_engine(Echo)  # a worker elsewhere takes it
+    assert (await finish(inst)).output == {"x": 1}

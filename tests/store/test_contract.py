@@ -19,7 +19,18 @@ from stepstone.errors import (
     StepstoneError,
 )
 from stepstone.store import from_url
-from stepstone.store.base import Attempt, Claim, ControlOp, RunEnd, RunWrite, StepKey, StepWrite, Store
+from stepstone.store.base import (
+    FIRST_TOKEN,
+    Attempt,
+    Claim,
+    ControlOp,
+    Lease,
+    RunEnd,
+    RunWrite,
+    StepKey,
+    StepWrite,
+    Store,
+)
 
 from .support import (
     LEASE,
@@ -622,6 +633,43 @@ async def test_a_pause_pending_on_a_dead_worker_takes_effect_when_its_lease_expi
     assert (record.status, record.paused_status, record.updated_at) == ("paused", "queued", T0 + LEASE + 1)
     await store.control(WF, "x", "resume", T0 + LEASE + 2)
     assert [c.id for c in await claim(store, "w2", now=T0 + LEASE + 2)] == ["x"]
+
+
+async def test_instances_created_under_a_lease_run_at_once_and_the_rest_are_queued(store: Store) -> None:
+    lease = Lease("w1", T0 + LEASE, 2)
+    records = await store.create_instances(WF, [(i, "{}") for i in ("a", "b", "c")], T0, lease)
+    assert [(r.id, r.status, r.started_at, r.lease_expires) for r in records] == [
+        ("a", "running", T0, T0 + LEASE),
+        ("b", "running", T0, T0 + LEASE),
+        ("c", "queued", None, None),
+    ]
+    assert [c.id for c in await claim(store, "w2", lease=10 * LEASE)] == ["c"]  # the leased ones are not claimable
+    first = records[0]
+    write = RunWrite(first.pk, FIRST_TOKEN, T0 + 1, steps=[do_step("s")], end="complete", output_json="1")
+    assert await store.write(write) == "complete"
+    (taken,) = await claim(store, "w2", now=T0 + LEASE + 1)  # b's lease lapsed: its worker died
+    assert (taken.id, taken.resumed) == ("b", True)
+    with pytest.raises(LeaseLostError):
+        await store.write(RunWrite(records[1].pk, FIRST_TOKEN, T0 + LEASE + 2, steps=[do_step("stale")]))
+
+
+async def test_a_leased_create_of_an_existing_id_creates_nothing(store: Store) -> None:
+    await create(store, "a")
+    with pytest.raises(InstanceExistsError, match="'a'"):
+        await store.create_instances(WF, [("new", "{}"), ("a", "{}")], T0, Lease("w1", T0 + LEASE, 2))
+    assert [r.id for r in await store.list_instances(WF, status=None, limit=10, before_pk=None)] == ["a"]
+
+
+async def test_a_leased_create_wakes_subscribers_only_for_instances_left_queued(pg_url: str) -> None:
+    # (PostgreSQL only: SQLite has no cross-process wakeups, its workers poll.)
+    async with opened(pg_url) as worker, opened(pg_url) as client:
+        wakeups = Wakeups()
+        await worker.subscribe_wakeups(wakeups)
+        await client.create_instances(WF, [("a", "{}")], T0, Lease("w1", T0 + LEASE, 1))
+        await client.create_instances(WF, [("b", "{}"), ("c", "{}")], T0, Lease("w1", T0 + LEASE, 1))
+        assert await wakeups.arrive()
+        await asyncio.sleep(0.3)
+        assert wakeups.count == 1
 
 
 async def test_concurrent_claimers_never_share_an_instance(store_url: str) -> None:
