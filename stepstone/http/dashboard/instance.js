@@ -35,7 +35,7 @@ export function instanceView({ main, notify, setLive, setCrumbs }, workflow, id)
   const statusSlot = h("span", { class: "status-slot" });
   const meta = h("dl", { class: "meta" });
   const buttons = Object.entries(ACTIONS).map(([action, spec]) =>
-    h("button", { type: "button", "data-action": action, class: action === "terminate" ? "danger" : "", onclick: () => act(action) }, spec.label),
+    h("button", { type: "button", "data-action": action, class: action === "terminate" ? "danger" : null, onclick: () => act(action) }, spec.label),
   );
   const eventType = h("input", { id: "event-type", name: "type", required: true, placeholder: "approval", autocomplete: "off", pattern: "[A-Za-z0-9_][A-Za-z0-9_\\-]*", maxlength: 100 });
   const eventPayload = h("textarea", { id: "event-payload", name: "payload", rows: 3, spellcheck: "false", placeholder: "null" });
@@ -67,13 +67,26 @@ export function instanceView({ main, notify, setLive, setCrumbs }, workflow, id)
       : spec.confirm;
     if (question && !window.confirm(question)) return;
     const body = fromStep ? { status: action, from: fromStep } : { status: action };
+    // One action at a time: a second click while the first is on its way would only be refused.
+    for (const button of buttons) button.disabled = true;
     try {
       const { result } = await api.call("PATCH", `${apiPath}/status`, body);
       const from = fromStep ? ` from step "${fromStep.name}"` : "";
       notify("ok", `${spec.done} ${id}${from}: it is now ${result.status}.`);
-      if (!stopped && current) render({ ...current, ...result, steps: action === "restart" ? [] : current.steps });
+      if (!stopped && current) {
+        render({ ...current, ...result, steps: action === "restart" && !fromStep ? [] : current.steps });
+      }
     } catch (error) {
       notify("error", `Could not ${action} ${id}: ${error.message}`);
+      if (current) enableActions(current.status);
+    }
+  }
+
+  function enableActions(status) {
+    for (const button of buttons) {
+      const { from } = ACTIONS[button.dataset.action];
+      button.disabled = from !== null && !from.includes(status);
+      button.title = button.disabled ? `not possible while ${status}` : "";
     }
   }
 
@@ -107,11 +120,7 @@ export function instanceView({ main, notify, setLive, setCrumbs }, workflow, id)
     ];
     if (instance.wake && !instance.ended) rows.push(["Next run", at(instance.wake)]);
     fill(meta, rows.map(([term, value]) => h("div", {}, h("dt", {}, term), h("dd", {}, value))));
-    for (const button of buttons) {
-      const { from } = ACTIONS[button.dataset.action];
-      button.disabled = from !== null && !from.includes(instance.status);
-      button.title = button.disabled ? `not possible while ${instance.status}` : "";
-    }
+    enableActions(instance.status);
     const sections = [h("section", { class: "panel", "data-section": "params" }, h("h2", {}, "Params"), json(instance.params))];
     if (instance.error) {
       sections.push(

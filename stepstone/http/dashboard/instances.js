@@ -163,11 +163,11 @@ export function instancesView({ main, notify, setLive, setCrumbs }, name, query)
   }
 
   async function load() {
-    const search = new URLSearchParams({ per_page: PER_PAGE });
-    if (status) search.set("status", status);
-    if (cursor) search.set("cursor", cursor);
+    const listQuery = new URLSearchParams({ per_page: PER_PAGE });
+    if (status) listQuery.set("status", status);
+    if (cursor) listQuery.set("cursor", cursor);
     try {
-      const { result, info } = await api.call("GET", `${api.path("workflows", name, "instances")}?${search}`);
+      const { result, info } = await api.call("GET", `${api.path("workflows", name, "instances")}?${listQuery}`);
       if (!stopped) renderPage(result, info);
     } catch (error) {
       if (!stopped) notify("error", error.message);
