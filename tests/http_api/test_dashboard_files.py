@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import fnmatch
+import tomllib
+from pathlib import Path
+
 import pytest
 
 from stepstone import Engine
@@ -58,3 +62,15 @@ async def test_nothing_but_the_shipped_files_is_served(engine: Engine, path: str
         response = await client.get(path)
     assert response.status_code == 404
     assert "import" not in response.text
+
+
+def test_every_dashboard_file_is_shipped_in_the_package() -> None:
+    """A non-editable install carries only what pyproject's package-data names."""
+    root = Path(__file__).parents[2]
+    with (root / "pyproject.toml").open("rb") as file:
+        patterns = tomllib.load(file)["tool"]["setuptools"]["package-data"]["stepstone.http.dashboard"]
+    folder = root / "stepstone" / "http" / "dashboard"
+    files = [path for path in folder.iterdir() if path.is_file() and path.suffix != ".py"]
+    assert {path.name for path in files} >= {"index.html", "app.js", "style.css"}
+    for path in files:
+        assert any(fnmatch.fnmatch(path.name, pattern) for pattern in patterns), path.name
