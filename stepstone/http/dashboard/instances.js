@@ -125,10 +125,12 @@ export function instancesView({ main, notify, setLive, setCrumbs }, name, query)
         label,
         count === null ? null : [" ", h("strong", { class: "count" }, count.toLocaleString())],
       );
+    // Only the statuses some instance has (and the one filtered on): nine chips of zeros say little.
+    const shown = STATUSES.filter((value) => value === status || (counts && counts[value] > 0));
     fill(
       filters,
       chip(null, "all", total),
-      STATUSES.map((value) => chip(value, value, counts ? counts[value] : null)),
+      shown.map((value) => chip(value, value, counts ? counts[value] : null)),
     );
   }
 
