@@ -252,7 +252,10 @@ class Worker:
 
     async def _run(self, claim: Claim, active: _Active) -> None:
         try:
-            history = await self.store.load_steps(claim.pk) if claim.resumed else []
+            if claim.steps is not None:
+                history = list(claim.steps)
+            else:
+                history = await self.store.load_steps(claim.pk) if claim.resumed else []
             workflow = self.workflows[claim.workflow]()
             active.run = Run(self.store, claim, workflow, history, limits=self.limits, executor=self.executor)
             await active.run.execute()

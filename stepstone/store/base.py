@@ -149,6 +149,8 @@ class Claim:
     token: int
     resumed: bool
     """True if the instance ran before (it may have recorded steps)."""
+    steps: tuple[StepRecord, ...] | None = None
+    """Its recorded steps (as `load_steps` gives them) when the claim read them; None: not read."""
 
 
 @dataclass(frozen=True)

@@ -445,12 +445,17 @@ class PostgresStore:
             conn = tx.conn
             await conn.execute(self._sql(queries.PAUSE_ABANDONED), args)
             claimed = await conn.execute(self._sql(queries.CLAIM), args)
+            recorded = await conn.execute(self._sql(queries.CLAIMED_STEPS), args)
             earliest = await conn.execute(self._sql(queries.EARLIEST), args)
 
             async def read() -> ClaimBatch:
                 rows = sorted(await claimed.fetchall(), key=lambda row: (row[0], row[1], row[2]))
+                steps: dict[int, list[StepRecord]] = {row[2]: [] for row in rows}
+                for step_row in await recorded.fetchall():
+                    if step_row[0] in steps:
+                        steps[step_row[0]].append(_step(step_row[1:]))
                 claims = [
-                    Claim(pk, workflow, instance_id, params, created_at, token, resumed)
+                    Claim(pk, workflow, instance_id, params, created_at, token, resumed, tuple(steps[pk]))
                     for _, _, pk, workflow, instance_id, params, created_at, token, resumed in rows
                 ]
                 if len(claims) >= limit:

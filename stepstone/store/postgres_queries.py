@@ -152,6 +152,18 @@ FROM picked WHERE i.pk = picked.pk
 RETURNING picked.tier, picked.rank, i.pk, i.workflow, i.id, i.params, i.created_at, i.lease_token, picked.resumed
 """
 
+# The steps of the instances CLAIM just took, read in the same transaction, right after
+# it (a new snapshot: it sees whatever a previous owner committed before the claim got
+# the row). Found by what CLAIM set; any other match is ignored by the store.
+CLAIMED_STEPS = f"""
+SELECT s.instance_pk, {STEP_COLUMNS} FROM {{s}}.steps s
+WHERE s.instance_pk IN (
+    SELECT pk FROM {{s}}.instances
+    WHERE lease_owner = %(worker)s AND lease_expires = %(lease_until)s AND updated_at = %(now)s AND status = 'running'
+)
+ORDER BY s.seq
+"""
+
 # When something of the workflows is next claimable: the earliest timer, or lease of
 # another worker. Per workflow, so that each minimum is the first entry of one index range.
 EARLIEST = """

@@ -491,6 +491,15 @@ class SqliteStore:
                 if wanted > 0:
                     rows = [row for name in names for row in conn.execute(sql, (name, now, wanted))]
                     picked += [(pk, bool(resumed)) for _, pk, resumed in sorted(rows)[:wanted]]
+            # The steps of resumed instances come with the claim: one read, not one per instance.
+            steps: dict[int, list[StepRecord]] = {pk: [] for pk, resumed in picked if resumed}
+            if steps:
+                for row in conn.execute(
+                    f"SELECT instance_pk, {_STEP_COLUMNS} FROM steps WHERE instance_pk IN ({_marks(list(steps))}) "
+                    "ORDER BY seq",
+                    list(steps),
+                ):
+                    steps[row[0]].append(_step(row[1:]))
             claims = []
             for pk, resumed in picked:
                 row = conn.execute(
@@ -500,7 +509,9 @@ class SqliteStore:
                     (worker_id, lease_until, now, now, pk),
                 ).fetchone()
                 workflow, instance_id, params, created_at, token = row
-                claims.append(Claim(pk, workflow, instance_id, params, created_at, token, resumed))
+                claims.append(
+                    Claim(pk, workflow, instance_id, params, created_at, token, resumed, tuple(steps.get(pk, ())))
+                )
             if len(claims) >= limit:
                 return ClaimBatch(claims, now)
             return ClaimBatch(claims, _earliest(conn, worker_id, names, queued=False))

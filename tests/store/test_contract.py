@@ -599,6 +599,19 @@ async def test_a_claim_carries_what_the_run_needs(store: Store) -> None:
     assert (await get(store, "a")).started_at == T0
 
 
+async def test_a_claim_brings_the_steps_recorded_so_far(store: Store) -> None:
+    first = await start(store, "x")
+    await store.write(RunWrite(first.pk, first.token, T0 + 1, steps=[do_step("a"), do_step("b", attempts=2)]))
+    await end(store, first, "waiting", now=T0 + 2, wake_at=T0 + 3)
+    await create(store, "fresh", now=T0 + 2)
+    by_id = {c.id: c for c in await claim(store, "w2", now=T0 + 3)}
+    assert by_id["fresh"].steps == ()
+    resumed = by_id["x"]
+    assert resumed.resumed and resumed.steps is not None
+    assert list(resumed.steps) == await store.load_steps(first.pk)
+    assert [s.key.name for s in resumed.steps] == ["a", "b"]
+
+
 async def test_next_wake_at_reports_the_earliest_timer_or_lease_of_other_workers(store: Store) -> None:
     mine = await start(store, "mine", "w1")  # w1's own lease does not count for w1
     assert mine.id == "mine"
