@@ -59,10 +59,11 @@ export function relative(iso, now = Date.now()) {
   const seconds = (new Date(iso).getTime() - now) / 1000;
   const size = Math.abs(seconds);
   if (size < 5) return "just now";
+  // Each unit while its rounded figure stays below the next unit: 59.6 min reads "1 h".
   let text;
-  if (size < 60) text = `${Math.round(size)} s`;
-  else if (size < 3600) text = `${Math.round(size / 60)} min`;
-  else if (size < 86400) text = `${Math.round(size / 3600)} h`;
+  if (Math.round(size) < 60) text = `${Math.round(size)} s`;
+  else if (Math.round(size / 60) < 60) text = `${Math.round(size / 60)} min`;
+  else if (Math.round(size / 3600) < 24) text = `${Math.round(size / 3600)} h`;
   else {
     const days = Math.round(size / 86400);
     text = `${days} day${days === 1 ? "" : "s"}`;
