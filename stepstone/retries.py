@@ -87,8 +87,14 @@ def resolve_retries(value: object) -> Retries:
     raise InvalidInputError(f"invalid retries {value!r}: expected stepstone.Retries or a dict")
 
 
+_DEFAULTS = StepConfig(resolve_retries(None), DEFAULT_TIMEOUT)
+"""The config of a step given no options (most steps): resolved once, shared (it is frozen)."""
+
+
 def resolve(retries: object = None, timeout: object = None, config: object = None) -> StepConfig:
     """Resolve `step.do`'s options (keywords, or Cloudflare's `config=` dict) into a StepConfig."""
+    if retries is None and timeout is None and config is None:
+        return _DEFAULTS
     if config is not None:
         if retries is not None or timeout is not None:
             raise InvalidInputError("give either config= or retries=/timeout=, not both")
