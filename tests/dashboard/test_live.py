@@ -1,4 +1,5 @@
-"""The page's live streams outlast the server: when it stops, the page says so and reconnects once it is back."""
+"""The page's live streams outlast the server (when it stops, the page says so and reconnects once it is
+back), and a hidden tab holds no stream."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from playwright.sync_api import Page, expect
 
 from stepstone import Engine
 
+from .conftest import Site
 from .site import address, free_port, on_store, stepstone
 
 
@@ -34,3 +36,33 @@ def test_the_page_reconnects_after_the_server_restarts_and_shows_what_changed(pa
     with stepstone("serve", db, tmp_path / "second.log", port=port):
         expect(badge).to_have_text("paused", timeout=20_000)
         expect(live).to_have_text("live")
+
+
+def set_hidden(page: Page, hidden: bool) -> None:
+    """Play the browser hiding or showing the tab."""
+    page.evaluate(
+        "hidden => { Object.defineProperty(document, 'hidden', {value: hidden, configurable: true});"
+        " document.dispatchEvent(new Event('visibilitychange')); }",
+        hidden,
+    )
+
+
+def test_a_hidden_tab_lets_go_of_its_stream_and_catches_up_when_shown(page: Page, states: Site) -> None:
+    on_store(states.db, _create_h1)
+    page.goto(f"{states.url}/#/workflows/stalled/instances/h-1")
+    live = page.locator("#live")
+    expect(live).to_have_text("live")
+    set_hidden(page, True)
+    expect(live).to_have_attribute("data-state", "idle")
+    on_store(states.db, _pause_h1)
+    set_hidden(page, False)
+    expect(live).to_have_text("live")
+    expect(page.locator(".status-slot .badge")).to_have_text("paused")
+
+
+async def _create_h1(engine: Engine) -> None:
+    await engine.workflow("stalled").create(id="h-1")
+
+
+async def _pause_h1(engine: Engine) -> None:
+    await (await engine.workflow("stalled").get("h-1")).pause()

@@ -148,18 +148,49 @@ export function parseEvents(text) {
 const FIRST_RETRY_MS = 1000;
 const LAST_RETRY_MS = 15000;
 
+/** Resolves once the page is visible (at once if it is), or when `signal` aborts. */
+function visible(signal) {
+  return new Promise((resolve) => {
+    if (!document.hidden || signal.aborted) return resolve();
+    const done = () => {
+      if (document.hidden && !signal.aborted) return;
+      document.removeEventListener("visibilitychange", done);
+      resolve();
+    };
+    document.addEventListener("visibilitychange", done);
+    signal.addEventListener("abort", done, { once: true });
+  });
+}
+
 /**
  * Follow a live stream: `on[event](data)` for each message. When the stream ends or
  * breaks, it is opened again after a wait that doubles up to 15 s. `state(s)` is told
- * "live", "reconnecting" or "stopped". A 4xx other than 401 ends it (`on.failed(error)`).
- * Returns a function that stops it.
+ * "live", "reconnecting", "stopped" or "idle". A 4xx other than 401 ends it
+ * (`on.failed(error)`). Returns a function that stops it.
+ *
+ * A hidden tab lets go of its stream and opens it again when shown: a browser opens at
+ * most six connections to one server over HTTP/1.1, and each open stream holds one. The
+ * first message of every stream is the whole current state, so nothing is missed.
  */
-export function follow(url, on, state = () => {}) {
-  const controller = new AbortController();
-  const { signal } = controller;
+export function follow(url, on, report = () => {}) {
+  const stopper = new AbortController();
+  const stopped = stopper.signal;
+  const state = (value) => stopped.aborted || report(value); // a stopped stream no longer speaks
+  let connection = null;
+  const letGo = () => {
+    if (document.hidden && connection) connection.abort();
+  };
+  document.addEventListener("visibilitychange", letGo);
   (async () => {
     let wait = FIRST_RETRY_MS;
-    while (!signal.aborted) {
+    while (!stopped.aborted) {
+      if (document.hidden) {
+        state("idle");
+        await visible(stopped);
+        continue;
+      }
+      connection = new AbortController();
+      const { signal } = connection;
       try {
         const sent = token();
         const response = await fetch(url, { headers: headers("text/event-stream"), cache: "no-store", signal });
@@ -191,17 +222,20 @@ export function follow(url, on, state = () => {}) {
           }
         }
       } catch (error) {
-        if (signal.aborted) return;
+        if (stopped.aborted) return;
+        if (signal.aborted) continue; // let go while hidden
         // A network error or a server error: try again. Anything else is a bug worth seeing.
         if (!(error instanceof TypeError || error instanceof ApiError)) console.error(error);
       }
       state("reconnecting");
-      await sleep(wait, signal);
+      await sleep(wait, stopped);
       wait = Math.min(wait * 2, LAST_RETRY_MS);
     }
   })();
   return () => {
-    controller.abort();
-    state("idle");
+    stopper.abort();
+    connection?.abort();
+    document.removeEventListener("visibilitychange", letGo);
+    report("idle");
   };
 }
