@@ -45,6 +45,13 @@ def _presented(scope: Scope) -> bytes | None:
     return None
 
 
+def _app_path(scope: Scope) -> str:
+    """The request's path within this app (without the prefix it is mounted at, if any)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 class BearerAuth:
     """ASGI middleware: answer 401 unless the request carries the token.
 
@@ -58,7 +65,7 @@ class BearerAuth:
         self.public = public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.token is not None and scope["type"] == "http" and not self.public(scope["path"]):
+        if self.token is not None and scope["type"] == "http" and not self.public(_app_path(scope)):
             presented = _presented(scope)
             if presented is None or not hmac.compare_digest(presented, self.token):
                 reason = "missing" if presented is None else "wrong"

@@ -6,11 +6,15 @@ import fnmatch
 import tomllib
 from pathlib import Path
 
+import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from stepstone import Engine
+from stepstone.http import create_app
 
-from .conftest import asgi_client
+from .conftest import BASE_URL, asgi_client
 from .support import error_code, result
 
 TOKEN = "dashboard-token-1"
@@ -44,6 +48,15 @@ async def test_the_page_may_load_only_its_own_files_and_call_only_this_server(en
     assert "default-src 'none'" in policy and "script-src 'self'" in policy and "connect-src 'self'" in policy
     assert "frame-ancestors 'none'" in policy
     assert page.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_mounted_under_a_prefix_the_page_is_still_open_and_the_api_still_guarded(engine: Engine) -> None:
+    outer = Starlette(routes=[Mount("/ops", app=create_app(engine, token=TOKEN))])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=outer), base_url=BASE_URL) as client:
+        assert (await client.get("/ops/")).status_code == 200
+        assert (await client.get("/ops/dashboard/app.js")).status_code == 200
+        assert error_code(await client.get("/ops/workflows"), 401) == "unauthorized"
+        assert error_code(await client.get("/ops/dashboard/../workflows"), 401) == "unauthorized"
 
 
 @pytest.mark.parametrize(
