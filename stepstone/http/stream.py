@@ -16,8 +16,9 @@ connection open.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from datetime import datetime
+from typing import Any
 
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -63,14 +64,23 @@ class EventStreamResponse(StreamingResponse):
             logger.error("a live stream failed", exc_info=ended[0])
 
 
+BUSY_SHARE = 0.1
+"""Most of a stream's time spent polling: after a poll that took t, it rests at least 9 t."""
+
+
 class Pacer:
-    """Sleeps between polls: until the interval passes, the engine reports a change, or the server stops."""
+    """Sleeps between polls: until the interval passes, the engine reports a change, or the server stops.
+
+    A poll that took long (counting a workflow of millions of instances, say) makes the
+    next rest longer, so one open dashboard never keeps the store busy.
+    """
 
     def __init__(self, engine: Engine, interval: float, stopping: asyncio.Event) -> None:
         self._engine = engine
         self._interval = interval
         self._stopping = stopping
         self._quiet_since = asyncio.get_running_loop().time()
+        self._poll_started = self._quiet_since
 
     @property
     def stopping(self) -> bool:
@@ -86,9 +96,23 @@ class Pacer:
         return due
 
     async def pause(self) -> None:
-        waits = [asyncio.ensure_future(self._stopping.wait()), asyncio.ensure_future(self._engine.changes().wait())]
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        rest = (now - self._poll_started) * (1 - BUSY_SHARE) / BUSY_SHARE
         try:
-            await asyncio.wait(waits, timeout=self._interval, return_when=asyncio.FIRST_COMPLETED)
+            if rest > 0.001:  # the rest a slow poll earned: only the server stopping cuts it short
+                await self._wait([self._stopping.wait()], rest)
+            remaining = now + self._interval - loop.time()
+            if remaining > 0 and not self.stopping:
+                await self._wait([self._stopping.wait(), self._engine.changes().wait()], remaining)
+        finally:
+            self._poll_started = loop.time()
+
+    @staticmethod
+    async def _wait(awaitables: list[Coroutine[Any, Any, Any]], timeout: float) -> None:
+        waits = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiting in waits:
                 waiting.cancel()

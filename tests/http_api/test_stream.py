@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 from stepstone import Engine
 from stepstone.http import create_app
 from stepstone.http.app import stop_streams
+from stepstone.http.stream import Pacer
 
 from .app import Greeter
 from .support import DEADLINE
@@ -186,3 +187,19 @@ async def test_the_overview_stream_sends_every_workflow_with_its_counts_at_each_
         await inst.pause()
         rows = {row["name"]: row["counts"] for row in await stream.next_matching("workflows")}
         assert rows["greeter"]["queued"] == 0 and rows["greeter"]["paused"] == 1
+
+
+async def test_a_slow_poll_earns_a_longer_rest_that_only_stopping_cuts_short(engine: Engine) -> None:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    pacer = Pacer(engine, 0.01, stopping)
+    await pacer.pause()
+    await asyncio.sleep(0.05)  # a poll that took 50 ms
+    started = loop.time()
+    await pacer.pause()
+    assert loop.time() - started >= 0.4  # nine times the poll: polls take a tenth of the time at most
+    await asyncio.sleep(0.2)
+    loop.call_later(0.05, stopping.set)
+    started = loop.time()
+    await pacer.pause()
+    assert loop.time() - started < 1
