@@ -1,5 +1,5 @@
 // The overview: each workflow with its instance counts by status (live, from
-// GET /workflows/stream) and its most recent instances.
+// GET /workflows/stream) and its newest instances with their last update.
 
 import * as api from "./api.js";
 import { STATUSES, badge, fill, h, when } from "./format.js";
@@ -91,7 +91,7 @@ function workflowCard(name) {
     h("header", {}, h("h2", {}, h("a", { href }, name)), total),
     bar,
     chips,
-    h("h3", {}, "Recent activity"),
+    h("h3", {}, "Newest instances"),
     recent,
   );
   return { element, total, bar, chips, recent, counts: null };
