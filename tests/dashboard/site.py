@@ -81,19 +81,20 @@ def _apt_install(package: str) -> str | None:
     if os.geteuid() != 0:
         return "installing needs root (run `apt-get install -y chromium` once)"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
-    attempts: list[list[list[str]]] = [[install], [["apt-get", "update", "-q"], install]]
-    output = ""
-    for commands in attempts:
+    install = ["apt-get", "install", "-y", "-q", package]
+    problem = ""
+    for commands in ([install], [["apt-get", "update", "-q"], install]):
         for command in commands:
-            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-            output = (done.stdout + done.stderr).strip()
+            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
             if done.returncode != 0:
+                lines = (done.stdout + done.stderr).strip().splitlines()
+                problem = f"`{' '.join(command)}` failed: {lines[-1] if lines else 'no output'}"
                 break
         else:
             if os.path.exists(CHROMIUM):
                 return None
-    return f"apt-get failed: {output.splitlines()[-1] if output else 'no output'}"
+            problem = f"`{' '.join(install)}` succeeded, yet there is no {CHROMIUM}"
+    return problem
 
 
 def screenshot(page: Page, name: str) -> None:
