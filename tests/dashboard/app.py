@@ -64,6 +64,16 @@ class Checkout(Workflow):
         return {"reserved": reserved, "charge": charged, "approval": approval.payload, "receipt": receipt}
 
 
+class Many(Workflow):
+    """More steps than the timeline shows at first."""
+
+    name = "many"
+
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        for n in range(205):
+            await step.do(f"item {n}", lambda n=n: n)
+
+
 class Slow(Workflow):
     """A step that runs for an hour: the instance stays `running`."""
 
@@ -85,7 +95,7 @@ class Listed(Greeter):
     name = "listed"
 
 
-ALL = [Greeter, Flaky, Checkout, Slow, Stalled, Listed]
+ALL = [Greeter, Flaky, Checkout, Many, Slow, Stalled, Listed]
 _chosen = os.environ.get("STEPSTONE_TEST_WORKFLOWS")
 _names = None if _chosen is None else set(_chosen.split(","))
 

@@ -5,6 +5,7 @@ The states, by workflow:
     greeter   g-waiting, g-live (waiting for a `reply`), g-paused, g-complete, g-terminated
     flaky     f-errored, f-markup (errored, an HTML-looking message), f-retrying (waiting to retry)
     checkout  c-approval (three attempts at a charge, a sleep, now waiting for an event), c-done
+    many      m-1 (complete, 205 steps)
     slow      s-running, s-pausing (waitingForPause), run by the serving `stepstone dev`
     stalled   k-unknown (its worker was killed), k-queued (nobody runs `stalled`)
     listed    p-00 to p-29: p-00 to p-04 paused, the others queued (nobody runs `listed`)
@@ -104,6 +105,7 @@ async def _build(engine: Engine) -> None:
     order = {"sku": "tea-earl-grey", "qty": 2, "email": "ana@example.com"}
     await checkout.create(id="c-done", params=order)
     await checkout.create(id="c-approval", params=order)
+    await engine.workflow("many").create(id="m-1")
     for name in ("g-waiting", "g-live", "g-paused", "g-complete", "g-terminated"):
         await wait_for_status(engine, "greeter", name, "waiting")
     await (await greeter.get("g-complete")).send_event("reply", {"text": "hi!"})
@@ -116,6 +118,7 @@ async def _build(engine: Engine) -> None:
         ("flaky", "f-errored", "errored"),
         ("flaky", "f-markup", "errored"),
         ("checkout", "c-done", "complete"),
+        ("many", "m-1", "complete"),
     ]:
         await wait_for_status(engine, workflow, name, status)
     await _wait_for_steps(engine, "flaky", "f-retrying", lambda steps: steps[-1].attempts != [])
@@ -151,7 +154,7 @@ def states(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """`stepstone dev` (running only `slow`) on a SQLite database with instances in every status."""
     folder = tmp_path_factory.mktemp("dashboard")
     db = f"sqlite:///{folder}/states.db"
-    on_store(db, _build, workflows=[app.Greeter, app.Flaky, app.Checkout])
+    on_store(db, _build, workflows=[app.Greeter, app.Flaky, app.Checkout, app.Many])
     on_store(db, _build_listed)
     with stepstone("worker", db, folder / "stalled.log", only="stalled", lease=1) as worker:
         on_store(db, lambda engine: _create(engine, "stalled", "k-unknown"))

@@ -22,7 +22,7 @@ async def _counts(engine: Engine) -> dict[str, dict[str, int]]:
 def test_the_overview_shows_each_workflow_with_counts_by_status_and_recent_activity(page: Page, states: Site) -> None:
     page.goto(states.url)
     expected = on_store(states.db, _counts)
-    assert set(expected) == {"greeter", "flaky", "checkout", "slow", "stalled", "listed"}
+    assert set(expected) == {"greeter", "flaky", "checkout", "many", "slow", "stalled", "listed"}
     for workflow, counts in expected.items():
         card = page.locator(f'section.card[data-workflow="{workflow}"]')
         for status in STATUSES:
@@ -135,6 +135,16 @@ def test_an_errored_instance_shows_its_error_and_a_retrying_one_its_next_attempt
     expect(step.locator(".step-status")).to_have_text("waiting")
     expect(step.locator(".retry")).to_contain_text("Attempt 2 at")
     expect(step.locator(".retry time.rel")).to_have_text(re.compile(r"^in (5\d min|1 h)$"))
+
+
+def test_a_long_history_shows_its_latest_steps_until_asked_for_all(page: Page, states: Site) -> None:
+    page.goto(f"{states.url}/#/workflows/many/instances/m-1")
+    steps = page.locator(".timeline > li.step")
+    expect(steps).to_have_count(200)
+    expect(steps.first).to_have_attribute("data-step", "item 5")
+    page.get_by_role("button", name="Show the 5 earlier steps").click()
+    expect(steps).to_have_count(205)
+    expect(steps.first).to_have_attribute("data-step", "item 0")
 
 
 def test_user_data_is_shown_as_text_never_as_markup(page: Page, states: Site) -> None:

@@ -22,6 +22,7 @@ const ACTIONS = {
     confirm: "Restart this instance from the start? Its step history is discarded.",
   },
 };
+const LATEST_STEPS = 200;
 const KIND_LABELS = { do: "step", sleep: "sleep", wait_for_event: "wait for event" };
 
 export function instanceView({ main, notify, setLive, setCrumbs }, workflow, id) {
@@ -140,12 +141,31 @@ export function instanceView({ main, notify, setLive, setCrumbs }, workflow, id)
     renderTimeline(instance.steps ?? []);
   }
 
+  // An instance may have thousands of steps: show the latest ones unless asked for all.
+  let showAll = false;
+
   function renderTimeline(steps) {
     if (!steps.length) {
       fill(timeline, h("li", { class: "empty" }, "No steps recorded yet."));
       return;
     }
-    fill(timeline, steps.map(stepItem));
+    const hidden = showAll ? 0 : Math.max(0, steps.length - LATEST_STEPS);
+    const earlier = h(
+      "li",
+      { class: "earlier" },
+      h(
+        "button",
+        {
+          type: "button",
+          onclick: () => {
+            showAll = true;
+            renderTimeline(current.steps);
+          },
+        },
+        `Show the ${hidden.toLocaleString()} earlier steps`,
+      ),
+    );
+    fill(timeline, hidden ? earlier : null, steps.slice(hidden).map(stepItem));
   }
 
   function stepItem(step) {
