@@ -242,10 +242,10 @@ class PostgresStore:
         if pool is not None:
             await pool.close()
 
-    def _write(self, run: Callable[[Tx], Awaitable[T | Later[T]]]) -> asyncio.Future[T]:
+    def _write(self, run: Callable[[Tx], Awaitable[T | Later[T]]], *, durable: bool = True) -> asyncio.Future[T]:
         if self._writer is None:
             raise StepstoneError("the store is not open (use `async with engine:`)")
-        return self._writer.submit(run)
+        return self._writer.submit(run, durable=durable)
 
     async def _fetch(self, template: str, params: Sequence[Any] | Mapping[str, Any]) -> list[TupleRow]:
         """Rows of one read; once more on another connection if the first one was broken."""
@@ -466,8 +466,10 @@ class PostgresStore:
             return Later(read)
 
         # No read to look first: a claim that finds nothing locks and changes no row, so it
-        # costs one round trip and a commit that writes nothing, as that read would.
-        return await self._write(claim)
+        # costs one round trip and a commit that writes nothing, as that read would. Not
+        # durable: a claim lost in a crash leaves the instance claimable again, and the
+        # run's first write flushes the WAL, the claim's record with it.
+        return await self._write(claim, durable=False)
 
     async def load_steps(self, pk: int) -> list[StepRecord]:
         return [_step(row) for row in await self._fetch(queries.LOAD_STEPS, (pk,))]

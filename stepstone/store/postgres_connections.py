@@ -41,6 +41,8 @@ _MAX_TRIES = 5
 """Attempts of a job that keeps losing deadlocks before its error reaches the caller."""
 _ABANDON = "DO $$ BEGIN RAISE EXCEPTION 'stepstone: batch abandoned before its commit'; END $$"
 """Fails a pipeline's implicit transaction, so that the Sync that ends it does not commit."""
+_LAZY_COMMIT = "SELECT set_config('synchronous_commit', 'off', true)"
+"""For this transaction only: COMMIT returns before its WAL is flushed to disk."""
 _LISTEN_CHECK = 30.0
 """Seconds between liveness checks of the LISTEN connection (a silent drop raises nothing)."""
 
@@ -87,6 +89,7 @@ Job = Callable[[Tx], Awaitable[Any]]
 class _Job:
     run: Job
     future: asyncio.Future[Any]
+    durable: bool = True
     tries: int = 0
 
 
@@ -123,8 +126,11 @@ class GroupCommit:
         self._committing = False
         self._task = asyncio.create_task(self._main(), name="stepstone-postgres-writer")
 
-    def submit(self, run: Callable[[Tx], Awaitable[T | Later[T]]]) -> asyncio.Future[T]:
-        job = _Job(run, asyncio.get_running_loop().create_future())
+    def submit(self, run: Callable[[Tx], Awaitable[T | Later[T]]], *, durable: bool = True) -> asyncio.Future[T]:
+        """Queue a job. `durable=False`: its loss in a crash is harmless (a claim), so a batch
+        of such jobs alone commits without waiting for the WAL flush; the next durable commit
+        flushes it, as PostgreSQL's WAL is sequential."""
+        job = _Job(run, asyncio.get_running_loop().create_future(), durable)
         self._queue.put_nowait(job)
         return job.future
 
@@ -189,6 +195,8 @@ class GroupCommit:
             # committed by the Sync sent when the block ends, rolled back if one fails.
             async with conn.pipeline():
                 try:
+                    if not any(job.durable for job in batch):
+                        await conn.execute(_LAZY_COMMIT)
                     wakes = False
                     for job in batch:
                         tx = Tx(conn)
@@ -234,6 +242,8 @@ class GroupCommit:
         self._committing = False
         try:
             await conn.execute("BEGIN")
+            if not any(job.durable for job in batch):
+                await conn.execute(_LAZY_COMMIT)
             for job in batch:
                 await conn.execute("SAVEPOINT job")
                 tx = Tx(conn)

@@ -85,12 +85,20 @@ def _marks(values: Sequence[object]) -> str:
 
 
 class _Job:
-    __slots__ = ("fn", "future", "loop")
+    __slots__ = ("durable", "fn", "future", "loop")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, fn: Callable[[sqlite3.Connection], Any], loop: asyncio.AbstractEventLoop, durable: bool
+    ) -> None:
         self.fn = fn
         self.loop = loop
+        self.durable = durable
         self.future: asyncio.Future[Any] = loop.create_future()
+
+
+def _settle_all(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
+    for job, result, error in outcomes:
+        settle(job.future, result, error)
 
 
 class _ConnectionThread:
@@ -120,8 +128,8 @@ class _ConnectionThread:
             self._jobs.put(None)
             self._thread.join()
 
-    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        job = _Job(fn, asyncio.get_running_loop())
+    def submit(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> asyncio.Future[T]:
+        job = _Job(fn, asyncio.get_running_loop(), durable)
         self._jobs.put(job)
         return job.future
 
@@ -160,7 +168,7 @@ class _ConnectionThread:
                         stop = True
                         break
                     batch.append(more)
-                self._run_batch(conn, batch)
+                self._run_batch(conn, batch, self._synchronous)
                 if stop:
                     return
         finally:
@@ -179,8 +187,13 @@ class _ConnectionThread:
         job.loop.call_soon_threadsafe(settle, job.future, result, error)
 
     @staticmethod
-    def _run_batch(conn: sqlite3.Connection, batch: list[_Job]) -> None:
+    def _run_batch(conn: sqlite3.Connection, batch: list[_Job], synchronous: str) -> None:
         outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+        # A batch of writes whose loss is harmless (claims) commits without waiting for the
+        # disk; the next durable commit syncs the write-ahead log, so it lands with that.
+        lazy = not any(job.durable for job in batch) and synchronous != "NORMAL"
+        if lazy:
+            conn.execute("PRAGMA synchronous=NORMAL")
         try:
             conn.execute("BEGIN IMMEDIATE")
             if len(batch) == 1:  # alone in its transaction: no savepoint needed
@@ -205,8 +218,15 @@ class _ConnectionThread:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             outcomes = [(job, None, exc) for job in batch]
-        for job, result, error in outcomes:
-            job.loop.call_soon_threadsafe(settle, job.future, result, error)
+        finally:
+            if lazy:
+                conn.execute(f"PRAGMA synchronous={synchronous}")
+        # One wakeup of each event loop for the whole batch.
+        loops: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Any, BaseException | None]]] = {}
+        for outcome in outcomes:
+            loops.setdefault(outcome[0].loop, []).append(outcome)
+        for loop, settled in loops.items():
+            loop.call_soon_threadsafe(_settle_all, settled)
 
 
 def path_from_url(url: str) -> str:
@@ -258,10 +278,10 @@ class SqliteStore:
                 await asyncio.to_thread(thread.stop)
         self._writer = self._reader = None
 
-    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    def _write(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> asyncio.Future[T]:
         if self._writer is None:
             raise StepstoneError("the store is not open (use `async with engine:`)")
-        return self._writer.submit(fn)
+        return self._writer.submit(fn, durable=durable)
 
     def _read(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         if self._reader is None:
@@ -520,7 +540,9 @@ class SqliteStore:
         earliest = await self._read(lambda conn: _earliest(conn, worker_id, names, queued=True))
         if earliest is None or earliest > now:
             return ClaimBatch([], earliest)
-        return await self._write(claim)
+        # Not durable: a claim lost to a power cut leaves the instance claimable again, and
+        # the run's first write, which syncs the log, makes the claim durable with it.
+        return await self._write(claim, durable=False)
 
     async def load_steps(self, pk: int) -> list[StepRecord]:
         sql = f"SELECT {_STEP_COLUMNS} FROM steps WHERE instance_pk = ? ORDER BY seq"

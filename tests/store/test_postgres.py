@@ -166,6 +166,23 @@ async def test_a_refused_write_in_a_batch_undoes_only_itself(pg_url: str) -> Non
             assert recorded == ([] if claim is stale else ["a"])
 
 
+async def test_a_batch_of_claims_alone_commits_without_waiting_for_the_wal_flush(pg_url: str) -> None:
+    async def setting(tx: Tx) -> str:
+        cursor = await tx.conn.execute("SELECT current_setting('synchronous_commit')")
+        row = await cursor.fetchone()
+        assert row is not None
+        return str(row[0])
+
+    async with opened(pg_url) as store:
+        assert isinstance(store, PostgresStore)
+        server = await store._write(setting)  # the server's own setting, kept for what must be durable
+        assert server != "off"
+        assert await store._write(setting, durable=False) == "off"
+        # Submitted in one turn of the loop, they share a batch: it commits durably.
+        together = [store._write(setting, durable=False), store._write(setting)]
+        assert await asyncio.gather(*together) == [server, server]
+
+
 async def test_a_job_that_loses_a_deadlock_is_run_again_after_the_commit(pg_url: str) -> None:
     async with opened(pg_url) as store:
         tries: list[int] = []
