@@ -125,7 +125,7 @@ function sleep(ms, signal) {
 }
 
 /** Split SSE text into messages; returns [messages, the unfinished rest]. */
-export function parseEvents(text) {
+function parseEvents(text) {
   const messages = [];
   const blocks = text.split(/\r?\n\r?\n/);
   const rest = blocks.pop();

@@ -43,19 +43,19 @@ const shortTime = new Intl.DateTimeFormat(undefined, { timeStyle: "medium" });
 const shortDate = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric" });
 
 /** A date in the browser's local time: "27 Nov 2026, 11:04:05". */
-export function localTime(iso) {
+function localTime(iso) {
   return longDate.format(new Date(iso));
 }
 
 /** Local time, short: the time today, else the day and time. */
-export function shortLocalTime(iso) {
+function shortLocalTime(iso) {
   const date = new Date(iso);
   const today = new Date().toDateString() === date.toDateString();
   return today ? shortTime.format(date) : `${shortDate.format(date)}, ${shortTime.format(date)}`;
 }
 
 /** "just now", "12 s ago", "3 min ago", "in 2 h", "5 days ago". */
-export function relative(iso, now = Date.now()) {
+function relative(iso, now = Date.now()) {
   const seconds = (new Date(iso).getTime() - now) / 1000;
   const size = Math.abs(seconds);
   if (size < 5) return "just now";
@@ -72,13 +72,9 @@ export function relative(iso, now = Date.now()) {
 }
 
 /** A <time>: relative text (kept fresh by refreshTimes), the local date in its tooltip. */
-export function when(iso, { prefix = "" } = {}) {
+export function when(iso) {
   if (!iso) return h("span", { class: "muted" }, "—");
-  return h(
-    "time",
-    { datetime: iso, title: localTime(iso), class: "rel", "data-prefix": prefix },
-    prefix + relative(iso),
-  );
+  return h("time", { datetime: iso, title: localTime(iso), class: "rel" }, relative(iso));
 }
 
 /** A <time> showing the local time, with the relative time after it. */
@@ -97,7 +93,7 @@ export function at(iso) {
 export function refreshTimes(root = document) {
   const now = Date.now();
   for (const element of root.querySelectorAll("time.rel")) {
-    element.textContent = (element.dataset.prefix ?? "") + relative(element.getAttribute("datetime"), now);
+    element.textContent = relative(element.getAttribute("datetime"), now);
   }
   for (const element of root.querySelectorAll(".elapsed[data-since]")) {
     element.textContent = duration(now - new Date(element.dataset.since).getTime());
@@ -105,7 +101,7 @@ export function refreshTimes(root = document) {
 }
 
 /** "340 ms", "4.2 s", "3 min 4 s", "2 h 5 min", "3 d 4 h". */
-export function duration(ms) {
+function duration(ms) {
   if (ms === null || ms === undefined || Number.isNaN(ms)) return "—";
   if (ms < 1000) return `${Math.max(0, Math.round(ms))} ms`;
   const s = ms / 1000;
