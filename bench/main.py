@@ -264,6 +264,19 @@ def targets(run: Run) -> list[Target]:
                 "×",
             )
         )
+        # The same target read as "a step costs about one commit": the steps one instance
+        # runs per second once its own start and end are set apart (1 / per-step overhead).
+        overhead = med("sequential", "per-step overhead (10-step - 1-step)/9", store, "stepstone")
+        found.append(
+            Target(
+                "sequential steps/s within an instance (1000 / per-step overhead ms) ÷ raw 1-conn commits/s",
+                store,
+                ratio(None if not overhead or overhead <= 0 else 1000 / overhead, raw1),
+                0.7,
+                True,
+                "×",
+            )
+        )
         found.append(
             Target(
                 "concurrent steps/s ÷ raw 1-conn commits/s",
