@@ -44,8 +44,8 @@ def is_terminal(status: str) -> bool:
 
 
 def settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    """Answer a caller waiting on a store job (unless it gave up waiting)."""
-    if future.cancelled():
+    """Answer a caller waiting on a store job (unless it gave up waiting, or has its answer)."""
+    if future.done():
         return
     if error is not None:
         future.set_exception(error)

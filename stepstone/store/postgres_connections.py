@@ -33,9 +33,11 @@ Connection = psycopg.AsyncConnection[TupleRow]
 
 _log = logging.getLogger(__name__)
 
-_MAX_BATCH = 64
-"""Jobs per group commit. Each job is a subtransaction (savepoint); past 64 in one
-transaction PostgreSQL's per-backend subtransaction cache overflows, which slows
+_MAX_BATCH = 512
+"""Jobs per group commit sent whole (one transaction, no savepoints)."""
+_MAX_SAVEPOINTS = 64
+"""Jobs per transaction when a batch runs again job by job, each in a savepoint: past 64
+subtransactions in one transaction PostgreSQL's per-backend cache overflows, which slows
 every session's snapshots."""
 _MAX_TRIES = 5
 """Attempts of a job that keeps losing deadlocks before its error reaches the caller."""
@@ -170,14 +172,28 @@ class GroupCommit:
                 settle(outcome.job.future, outcome.result, outcome.error)
 
     async def _commit(self, batch: list[_Job]) -> tuple[list[_Outcome], list[_Job]]:
-        """Run a batch; if the connection breaks before COMMIT (nothing written), once more on another."""
+        """Run a batch whole; if that fails, again in parts of at most _MAX_SAVEPOINTS jobs,
+        each job in a savepoint (the parts' callers are answered as each part commits)."""
+        try:
+            return await self._on_a_connection(self._pipelined, batch)
+        except _Refused:
+            pass
+        retry: list[_Job] = []
+        for start in range(0, len(batch), _MAX_SAVEPOINTS):
+            outcomes, again = await self._on_a_connection(self._careful, batch[start : start + _MAX_SAVEPOINTS])
+            for outcome in outcomes:
+                settle(outcome.job.future, outcome.result, outcome.error)
+            retry += again
+        return [], retry
+
+    async def _on_a_connection(
+        self, run: Callable[[Connection, list[_Job]], Awaitable[tuple[list[_Outcome], list[_Job]]]], batch: list[_Job]
+    ) -> tuple[list[_Outcome], list[_Job]]:
+        """`run(conn, batch)`; once more on another connection if the first broke before COMMIT."""
         for attempt in (1, 2):
             async with self._pool.connection() as conn:
                 try:
-                    try:
-                        return await self._pipelined(conn, batch)
-                    except _Refused:
-                        return await self._careful(conn, batch)
+                    return await run(conn, batch)
                 except psycopg.OperationalError:
                     if attempt == 2 or self._committing or not conn.broken:
                         raise
