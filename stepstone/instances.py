@@ -311,7 +311,9 @@ class WorkflowHandle:
             if not isinstance(cursor, str) or not cursor.isdigit():
                 raise InvalidInputError(f"invalid cursor {cursor!r}: pass the next_cursor of a previous page")
             before = int(cursor)
-        records = await self._engine.store.list_instances(self.name, status=status, limit=limit + 1, before_pk=before)
+        records = await self._engine.store.list_instances(
+            self.name, status=status, limit=limit + 1, before_pk=before, now=clock.now()
+        )
         page = records[:limit]
         next_cursor = str(page[-1].pk) if len(records) > limit else None
         return InstanceList((Instance(self._engine, r) for r in page), next_cursor)

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
+from stepstone import clock
 from stepstone.cli import output
 from stepstone.errors import InvalidInputError, StepstoneError
 
@@ -68,7 +69,7 @@ def workflows_list(db: str | None, as_json: bool) -> None:
     async def action(engine: Any) -> list[dict[str, Any]]:
         rows = []
         for name in await engine.store.workflow_names():
-            rows.append({"name": name, "counts": await engine.store.status_counts(name)})
+            rows.append({"name": name, "counts": await engine.store.status_counts(name, now=clock.now())})
         return rows
 
     output.workflows(run_client(db, action), as_json)

@@ -18,6 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from stepstone import clock
 from stepstone.durations import to_datetime
 from stepstone.engine import Engine
 from stepstone.errors import InstanceNotFoundError, WorkflowNotFoundError
@@ -133,11 +134,15 @@ async def _page(
     """
     before = None if cursor is None else int(cursor)
     if start is None and end is None:
-        return await engine.store.list_instances(workflow, status=status, limit=per_page + 1, before_pk=before)
+        return await engine.store.list_instances(
+            workflow, status=status, limit=per_page + 1, before_pk=before, now=clock.now()
+        )
     chunk = max(per_page + 1, _SCAN)
     found: list[InstanceRecord] = []
     while True:
-        records = await engine.store.list_instances(workflow, status=status, limit=chunk, before_pk=before)
+        records = await engine.store.list_instances(
+            workflow, status=status, limit=chunk, before_pk=before, now=clock.now()
+        )
         for record in records:
             created = to_datetime(record.created_at)
             if start is not None and created < start:

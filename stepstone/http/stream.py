@@ -23,6 +23,7 @@ from typing import Any
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from stepstone import clock
 from stepstone.durations import to_datetime
 from stepstone.engine import Engine
 from stepstone.errors import InstanceNotFoundError
@@ -145,7 +146,7 @@ async def workflow_rows(engine: Engine) -> list[dict[str, object]]:
     """Every workflow an Engine recorded, with its instance counts by status (GET /workflows)."""
     rows: list[dict[str, object]] = []
     for name in await engine.store.workflow_names():
-        counts = await engine.store.status_counts(name)
+        counts = await engine.store.status_counts(name, now=clock.now())
         rows.append({"name": name, "counts": {status: counts.get(status, 0) for status in STATUSES}})
     return rows
 
@@ -170,7 +171,7 @@ async def workflow_changes(engine: Engine, pacer: Pacer, workflow: str, window: 
     last_counts: dict[Status, int] | None = None
     last_marks: dict[str, tuple[datetime, str]] = {}
     while not pacer.stopping:
-        found = await engine.store.status_counts(workflow)
+        found = await engine.store.status_counts(workflow, now=clock.now())
         counts = {status: found.get(status, 0) for status in STATUSES}
         if counts != last_counts:
             last_counts = counts

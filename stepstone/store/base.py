@@ -237,8 +237,12 @@ class Store(Protocol):
     async def workflow_names(self) -> list[str]:
         """Names of every workflow any engine has recorded."""
 
-    async def status_counts(self, workflow: str) -> dict[str, int]:
-        """Number of instances of `workflow` by status."""
+    async def status_counts(self, workflow: str, *, now: float | None = None) -> dict[str, int]:
+        """Number of instances of `workflow` by status.
+
+        With `now`, running instances whose lease lapsed before it count as `unknown`
+        (see observed_status); without, by the status stored.
+        """
 
     # -- instances, for clients -------------------------------------------------------
 
@@ -258,9 +262,13 @@ class Store(Protocol):
         """Raises InstanceNotFoundError."""
 
     async def list_instances(
-        self, workflow: str, *, status: str | None, limit: int, before_pk: int | None
+        self, workflow: str, *, status: str | None, limit: int, before_pk: int | None, now: float | None = None
     ) -> list[InstanceRecord]:
-        """Newest first (descending pk), optionally of one status, pks below `before_pk`."""
+        """Newest first (descending pk), optionally of one status, pks below `before_pk`.
+
+        With `now`, `status` is the observed one: `unknown` selects running instances whose
+        lease lapsed before `now`, and `running` the others.
+        """
 
     async def history(self, pk: int) -> list[StepRecord]:
         """Every step of an instance with its attempt log, in `seq` order."""

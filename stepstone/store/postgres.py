@@ -276,8 +276,8 @@ class PostgresStore:
     async def workflow_names(self) -> list[str]:
         return [row[0] for row in await self._fetch(queries.WORKFLOW_NAMES, ())]
 
-    async def status_counts(self, workflow: str) -> dict[str, int]:
-        return {status: count for status, count in await self._fetch(queries.STATUS_COUNTS, (workflow,))}
+    async def status_counts(self, workflow: str, *, now: float | None = None) -> dict[str, int]:
+        return {status: count for status, count in await self._fetch(queries.STATUS_COUNTS, (now, workflow))}
 
     # -- instances, for clients -----------------------------------------------------------
 
@@ -315,13 +315,17 @@ class PostgresStore:
         return _instance(rows[0])
 
     async def list_instances(
-        self, workflow: str, *, status: str | None, limit: int, before_pk: int | None
+        self, workflow: str, *, status: str | None, limit: int, before_pk: int | None, now: float | None = None
     ) -> list[InstanceRecord]:
         query = f"SELECT {queries.INSTANCE_COLUMNS} FROM {{s}}.instances WHERE workflow = %s"
         args: list[object] = [workflow]
         if status is not None:
             query += " AND status = %s"
-            args.append(status)
+            args.append("running" if status == "unknown" and now is not None else status)
+            if now is not None and status in ("running", "unknown"):
+                unknown = status == "unknown"
+                query += " AND lease_expires < %s" if unknown else " AND (lease_expires IS NULL OR lease_expires >= %s)"
+                args.append(now)
         if before_pk is not None:
             query += " AND pk < %s"
             args.append(before_pk)

@@ -304,7 +304,10 @@ WHERE instance_pk = %s AND type = %s AND consumed_by IS NULL ORDER BY seq LIMIT 
 
 WORKFLOW_NAMES = "SELECT name FROM {s}.workflows ORDER BY name"
 
-STATUS_COUNTS = "SELECT status, count(*) FROM {s}.instances WHERE workflow = %s GROUP BY status"
+STATUS_COUNTS = """
+SELECT CASE WHEN status = 'running' AND lease_expires < %s THEN 'unknown' ELSE status END, count(*)
+FROM {s}.instances WHERE workflow = %s GROUP BY 1
+"""
 
 WORKERS_ON_HOST = "SELECT id, pid FROM {s}.workers WHERE host = %s"
 

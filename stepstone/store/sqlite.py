@@ -313,9 +313,12 @@ class SqliteStore:
     async def workflow_names(self) -> list[str]:
         return await self._read(lambda c: [r[0] for r in c.execute("SELECT name FROM workflows ORDER BY name")])
 
-    async def status_counts(self, workflow: str) -> dict[str, int]:
-        sql = "SELECT status, count(*) FROM instances WHERE workflow = ? GROUP BY status"
-        return await self._read(lambda c: dict(c.execute(sql, (workflow,)).fetchall()))
+    async def status_counts(self, workflow: str, *, now: float | None = None) -> dict[str, int]:
+        sql = (
+            "SELECT CASE WHEN status = 'running' AND lease_expires < ? THEN 'unknown' ELSE status END, count(*) "
+            "FROM instances WHERE workflow = ? GROUP BY 1"
+        )
+        return await self._read(lambda c: dict(c.execute(sql, (now, workflow)).fetchall()))
 
     # -- instances, for clients -----------------------------------------------------------
 
@@ -359,13 +362,17 @@ class SqliteStore:
         return await self._read(get)
 
     async def list_instances(
-        self, workflow: str, *, status: str | None, limit: int, before_pk: int | None
+        self, workflow: str, *, status: str | None, limit: int, before_pk: int | None, now: float | None = None
     ) -> list[InstanceRecord]:
         sql = f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE workflow = ?"
         args: list[object] = [workflow]
         if status is not None:
             sql += " AND status = ?"
-            args.append(status)
+            args.append("running" if status == "unknown" and now is not None else status)
+            if now is not None and status in ("running", "unknown"):
+                unknown = status == "unknown"
+                sql += " AND lease_expires < ?" if unknown else " AND (lease_expires IS NULL OR lease_expires >= ?)"
+                args.append(now)
         if before_pk is not None:
             sql += " AND pk < ?"
             args.append(before_pk)

@@ -29,6 +29,11 @@ async def test_running_instance_whose_worker_went_silent_is_unknown_until_taken_
     await asyncio.sleep(0.1)
     assert (await inst.status()).status == "unknown"
     assert (await inst.describe()).status == "unknown"
+    # Lists and counts agree with the instance: it is unknown, not running.
+    pipeline = client.workflow(Quick)
+    assert [i.id for i in await pipeline.list(status="unknown")] == ["orphan"]
+    assert [i.id for i in await pipeline.list(status="running")] == []
+    assert await client.store.status_counts("Quick", now=time.time()) == {"unknown": 1}
     # A live worker takes it over once the lease has lapsed, and it runs to the end.
     worker = await start_engine(Quick)
     final = await finish(await worker.workflow(Quick).get("orphan"))
