@@ -96,23 +96,40 @@ class _Job:
         self.future: asyncio.Future[Any] = loop.create_future()
 
 
-def _settle_all(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
+Outcome = tuple[_Job, Any, BaseException | None]
+
+
+def _settle_all(outcomes: list[Outcome]) -> None:
     for job, result, error in outcomes:
         settle(job.future, result, error)
+
+
+def _answer(outcomes: list[Outcome]) -> None:
+    """Settle the jobs' futures: one wakeup of each event loop for all of them."""
+    loops: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+    for outcome in outcomes:
+        loops.setdefault(outcome[0].loop, []).append(outcome)
+    for loop, settled in loops.items():
+        loop.call_soon_threadsafe(_settle_all, settled)
 
 
 class _ConnectionThread:
     """A thread owning one connection; runs submitted functions against it in order.
 
     A writing thread wraps what is queued into one BEGIN IMMEDIATE ... COMMIT, each
-    job in its own savepoint, so one job's error undoes only that job.
+    job in its own savepoint, so one job's error undoes only that job. Jobs submitted
+    in one turn of the event loop reach the thread together (one handover, not one
+    each), and each batch is answered with one wakeup of the loop. The thread serves
+    one event loop at a time.
     """
 
     def __init__(self, path: str, synchronous: str, *, writer: bool, name: str) -> None:
         self._path = path
         self._synchronous = synchronous
         self._writer = writer
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
+        self._pending: list[_Job] | None = None
+        """Jobs submitted in this turn of the event loop, handed over at its end."""
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
@@ -129,9 +146,19 @@ class _ConnectionThread:
             self._thread.join()
 
     def submit(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> asyncio.Future[T]:
-        job = _Job(fn, asyncio.get_running_loop(), durable)
-        self._jobs.put(job)
+        loop = asyncio.get_running_loop()
+        job = _Job(fn, loop, durable)
+        if self._pending is None:
+            self._pending = [job]
+            loop.call_soon(self._hand_over)
+        else:
+            self._pending.append(job)
         return job.future
+
+    def _hand_over(self) -> None:
+        if self._pending is not None:
+            jobs, self._pending = self._pending, None
+            self._jobs.put(jobs)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=60.0)
@@ -151,13 +178,13 @@ class _ConnectionThread:
         self._ready.set()
         try:
             while True:
-                job = self._jobs.get()
-                if job is None:
+                jobs = self._jobs.get()
+                if jobs is None:
                     return
                 if not self._writer:
-                    self._run_read(conn, job)
+                    _answer([self._run_read(conn, job) for job in jobs])
                     continue
-                batch = [job]
+                batch = list(jobs)
                 stop = False
                 while len(batch) < _MAX_BATCH:
                     try:
@@ -167,28 +194,27 @@ class _ConnectionThread:
                     if more is None:
                         stop = True
                         break
-                    batch.append(more)
-                self._run_batch(conn, batch, self._synchronous)
+                    batch += more
+                _answer(self._run_batch(conn, batch, self._synchronous))
                 if stop:
                     return
         finally:
             conn.close()
 
     @staticmethod
-    def _run_read(conn: sqlite3.Connection, job: _Job) -> None:
+    def _run_read(conn: sqlite3.Connection, job: _Job) -> Outcome:
         try:
             conn.execute("BEGIN")
             try:
-                result, error = job.fn(conn), None
+                return job, job.fn(conn), None
             finally:
                 conn.execute("COMMIT")
         except BaseException as exc:
-            result, error = None, exc
-        job.loop.call_soon_threadsafe(settle, job.future, result, error)
+            return job, None, exc
 
     @staticmethod
-    def _run_batch(conn: sqlite3.Connection, batch: list[_Job], synchronous: str) -> None:
-        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+    def _run_batch(conn: sqlite3.Connection, batch: list[_Job], synchronous: str) -> list[Outcome]:
+        outcomes: list[Outcome] = []
         # A batch of writes whose loss is harmless (claims) commits without waiting for the
         # disk; the next durable commit syncs the write-ahead log, so it lands with that.
         lazy = not any(job.durable for job in batch) and synchronous != "NORMAL"
@@ -221,12 +247,7 @@ class _ConnectionThread:
         finally:
             if lazy:
                 conn.execute(f"PRAGMA synchronous={synchronous}")
-        # One wakeup of each event loop for the whole batch.
-        loops: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Any, BaseException | None]]] = {}
-        for outcome in outcomes:
-            loops.setdefault(outcome[0].loop, []).append(outcome)
-        for loop, settled in loops.items():
-            loop.call_soon_threadsafe(_settle_all, settled)
+        return outcomes
 
 
 def path_from_url(url: str) -> str:
