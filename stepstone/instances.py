@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -140,6 +140,24 @@ def _step_detail(step: StepRecord) -> StepDetail:
     )
 
 
+def detail_of(record: InstanceRecord, history: Sequence[StepRecord] = ()) -> InstanceDetail:
+    """The InstanceDetail of a record already read (with `history`, its steps), as `describe` gives it."""
+    return InstanceDetail(
+        id=record.id,
+        workflow=record.workflow,
+        status=observed_status(record, clock.now()),
+        params=serialization.loads(record.params_json),
+        output=serialization.loads(record.output_json),
+        error=_error(record.error_json),
+        created=to_datetime(record.created_at),
+        updated=to_datetime(record.updated_at),
+        started=_maybe_time(record.started_at),
+        ended=_maybe_time(record.ended_at),
+        wake=_maybe_time(record.wake_at),
+        steps=[_step_detail(step) for step in history],
+    )
+
+
 class Instance:
     """A handle on one workflow instance."""
 
@@ -168,21 +186,7 @@ class Instance:
     async def describe(self, *, steps: bool = True) -> InstanceDetail:
         """Status, params, output or error, and (unless steps=False) the step history with every attempt."""
         record = await self._record()
-        history = await self._engine.store.history(record.pk) if steps else []
-        return InstanceDetail(
-            id=record.id,
-            workflow=record.workflow,
-            status=observed_status(record, clock.now()),
-            params=serialization.loads(record.params_json),
-            output=serialization.loads(record.output_json),
-            error=_error(record.error_json),
-            created=to_datetime(record.created_at),
-            updated=to_datetime(record.updated_at),
-            started=_maybe_time(record.started_at),
-            ended=_maybe_time(record.ended_at),
-            wake=_maybe_time(record.wake_at),
-            steps=[_step_detail(step) for step in history],
-        )
+        return detail_of(record, await self._engine.store.history(record.pk) if steps else ())
 
     async def send_event(self, type: str, payload: JSON = None) -> None:
         """Send an event; the first wait for its `type` takes it (now or later)."""

@@ -21,11 +21,11 @@ from starlette.routing import Route
 from stepstone import clock
 from stepstone.durations import to_datetime
 from stepstone.engine import Engine
-from stepstone.errors import InstanceNotFoundError, WorkflowNotFoundError
+from stepstone.errors import WorkflowNotFoundError
 from stepstone.http import inputs, stream
 from stepstone.http.openapi import OPENAPI
 from stepstone.http.responses import ApiError, JSONResponse, api_error, failure, ok
-from stepstone.instances import Instance, WorkflowHandle
+from stepstone.instances import Instance, WorkflowHandle, detail_of
 from stepstone.store.base import STATUSES, InstanceRecord
 
 MAX_PER_PAGE = 100
@@ -114,12 +114,7 @@ async def list_instances(request: Request, api: Api) -> Response:
     records = await _page(api.engine, handle.name, status, per_page, cursor, start, end)
     page = records[:per_page]
     next_cursor = str(page[-1].pk) if len(records) > per_page else None
-    items = []
-    for record in page:
-        try:
-            items.append(await _summary(Instance(api.engine, record)))
-        except InstanceNotFoundError:  # deleted since it was listed
-            continue
+    items = [detail_of(record).as_dict(steps=False) for record in page]
     return ok(items, result_info={"count": len(items), "per_page": per_page, "cursor": next_cursor})
 
 

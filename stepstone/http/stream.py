@@ -28,7 +28,7 @@ from stepstone.durations import to_datetime
 from stepstone.engine import Engine
 from stepstone.errors import InstanceNotFoundError
 from stepstone.http.responses import logger, to_json
-from stepstone.instances import Instance
+from stepstone.instances import Instance, detail_of
 from stepstone.store.base import STATUSES, InstanceRecord, Status
 
 KEEP_ALIVE_SECONDS = 15.0
@@ -183,10 +183,7 @@ async def workflow_changes(engine: Engine, pacer: Pacer, workflow: str, window: 
             marks[record.id] = _mark(record)
             if last_marks.get(record.id) == marks[record.id]:
                 continue
-            try:
-                detail = await Instance(engine, record).describe(steps=False)
-            except InstanceNotFoundError:  # deleted meanwhile: the next counts say so
-                continue
+            detail = detail_of(record)
             marks[record.id] = detail.updated, detail.status
             pacer.sent()
             yield message("instance", detail.as_dict(steps=False))
