@@ -172,6 +172,10 @@ class Engine:
         if lease is not None and self._worker is not None:
             self._worker.adopt(lease, created)
 
+    def runs_here(self, pk: int) -> bool:
+        """Whether this process's worker is running instance `pk` now (its end will be signalled)."""
+        return self._worker is not None and pk in self._worker.active
+
     def poke(self, pk: int) -> None:
         if self._worker is not None:
             self._worker.poke(pk)

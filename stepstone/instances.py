@@ -140,6 +140,10 @@ def _step_detail(step: StepRecord) -> StepDetail:
     )
 
 
+_MAX_WAIT_PAUSE = 0.25
+"""Longest pause of `Instance.wait` between two reads, when no change in this process wakes it."""
+
+
 def detail_of(record: InstanceRecord, history: Sequence[StepRecord] = ()) -> InstanceDetail:
     """The InstanceDetail of a record already read (with `history`, its steps), as `describe` gives it."""
     return InstanceDetail(
@@ -242,6 +246,8 @@ class Instance:
             status = await self.status()
             if is_terminal(status.status):
                 return status
+            if self._engine.runs_here(self._pk):
+                pause = _MAX_WAIT_PAUSE  # its run's end sets `changed`: no need to poll soon
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(
@@ -252,7 +258,7 @@ class Instance:
                 async with asyncio.timeout(with_timeout):
                     await changed.wait()
             except TimeoutError:
-                pause = min(pause * 2, 0.25)
+                pause = min(pause * 2, _MAX_WAIT_PAUSE)
 
 
 class WorkflowHandle:
