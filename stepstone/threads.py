@@ -29,6 +29,9 @@ class DaemonThreadPool(Executor):
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._idle = 0
+        """Threads waiting for work."""
+        self._queued = 0
+        """Calls submitted that no thread has taken yet."""
         self._shutdown = False
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
@@ -37,7 +40,10 @@ class DaemonThreadPool(Executor):
                 raise RuntimeError("cannot run a step after the engine closed")
             future: Future[T] = Future()
             self._work.put((future, fn, args, kwargs))
-            if self._idle == 0 and len(self._threads) < self._max_workers:
+            self._queued += 1
+            # One idle thread per queued call: an idle thread has not always taken the
+            # previous call yet, so `_idle > 0` alone would let calls wait behind each other.
+            if self._queued > self._idle and len(self._threads) < self._max_workers:
                 thread = threading.Thread(target=self._serve, name=f"{self._prefix}-{len(self._threads)}", daemon=True)
                 self._threads.append(thread)
                 thread.start()
@@ -68,6 +74,8 @@ class DaemonThreadPool(Executor):
             work = self._work.get()
             with self._lock:
                 self._idle -= 1
+                if work is not None:
+                    self._queued -= 1
             if work is None:
                 return
             future, fn, args, kwargs = work
