@@ -123,13 +123,15 @@ class Cluster:
         self._client: Engine | None = None
 
     async def start_worker(
-        self, *, lease_seconds: float = 30.0, host: str | None = None, cli: bool = False
+        self, *, lease_seconds: float = 30.0, host: str | None = None, cli: bool = False, create: int = 0
     ) -> WorkerProcess:
         """Start a worker and return once it is serving (its workflows are recorded in the store).
 
         A worker claims instances as it starts, so it may die by a step's own SIGKILL
         (app.Suicide) before it is ready: it is then returned dead, counted as killed.
         `cli`: the worker is the `stepstone worker` command (worker_main.py --cli).
+        `create`: the worker creates that many crash-multistep instances (own-0, ...) itself
+        once started, so they start there leased to it from their creation.
         """
         name = f"w{len(self.workers)}"
         stdout, stderr = self.directory / f"{name}.out", self.directory / f"{name}.err"
@@ -139,6 +141,8 @@ class Cluster:
             command += ["--host", host]
         if cli:
             command.append("--cli")
+        if create:
+            command += ["--create", str(create)]
         env = {**os.environ, JOURNAL_ENV: str(self.journal_path)}
         with stdout.open("wb") as out, stderr.open("wb") as err:
             proc = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=self.directory)

@@ -52,6 +52,34 @@ def multistep_output(n: int) -> dict[str, int]:
     return {"a": a, "left": 2 * a, "right": 3 * a, "slow": 5 * a, "c": 50 * a}
 
 
+async def test_instances_a_worker_created_for_itself_are_taken_over_when_it_dies(cluster: Cluster) -> None:
+    first = await cluster.start_worker(create=4)
+    ids = [f"own-{n}" for n in range(4)]
+
+    async def all_in_slow_step() -> bool:
+        return all(cluster.runs(instance_id, "slow") for instance_id in ids)
+
+    # Created leased to the first worker, they run there without being claimed: kill it mid-step.
+    await eventually(all_in_slow_step, timeout=TAKEOVER, what="every instance's slow step to start")
+    cluster.kill(first)
+    client = await cluster.client()
+    instances = [await client.workflow("crash-multistep").get(instance_id) for instance_id in ids]
+    assert {(await inst.status()).status for inst in instances} == {"running"}
+
+    second = await cluster.start_worker()
+    rerun = 0
+    for n, inst in enumerate(instances):
+        final = await inst.wait(timeout=TAKEOVER)
+        assert final.status == "complete" and final.output == multistep_output(n)
+        await assert_consistent(inst, cluster.journal(), cluster.killed)
+        assert [r.pid for r in cluster.runs(inst.id, "a")] == [first.pid]
+        slow = [r.pid for r in cluster.runs(inst.id, "slow")]
+        assert slow in ([first.pid], [first.pid, second.pid])  # killed mid-body, or just after it ended
+        rerun += slow == [first.pid, second.pid]
+    assert rerun >= 1, "the first worker was killed after every slow step had ended"
+    cluster.assert_no_errors()
+
+
 async def test_step_killed_mid_body_runs_again_and_recorded_steps_do_not(cluster: Cluster) -> None:
     first = await cluster.start_worker()
     client = await cluster.client()

@@ -1,7 +1,7 @@
 """A worker process for the crash tests: serves tests/crash/app.py's workflows until killed.
 
     STEPSTONE_CRASH_JOURNAL=journal.txt python tests/crash/worker_main.py DB_URL \
-        [--lease-seconds S] [--host NAME] [--parent PID] [--cli]
+        [--lease-seconds S] [--host NAME] [--parent PID] [--cli] [--create N]
 
 Prints `ready pid=PID` once the engine has started (its workflows are recorded in the
 store and it is claiming instances). `--host NAME` makes the worker believe it runs on
@@ -50,10 +50,13 @@ def die_with(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-async def serve(url: str, lease_seconds: float) -> None:
+async def serve(url: str, lease_seconds: float, create: int) -> None:
     app = load_app()
     engine = stepstone.Engine(url, workflows=app.WORKFLOWS, lease_seconds=lease_seconds)
     await engine.start()
+    if create:  # created here, beside a worker with free slots: leased to it and started at once
+        items = [{"id": f"own-{n}", "params": {"n": n, "slow": 3.0}} for n in range(create)]
+        await engine.workflow("crash-multistep").create_batch(items)
     print(f"ready pid={os.getpid()}", flush=True)
     await engine.serve_forever()
 
@@ -73,6 +76,8 @@ def main() -> None:
     parser.add_argument("--host", help="pretend to run on this host")
     parser.add_argument("--parent", type=int, help="die when this process dies")
     parser.add_argument("--cli", action="store_true", help="run `stepstone worker` on app.py (stops on SIGTERM)")
+    parser.add_argument("--create", type=int, default=0,
+                        help="once started, create this many crash-multistep instances own-0, own-1, ...")  # fmt: skip
     args = parser.parse_args()
     if args.parent is not None:
         die_with(args.parent)
@@ -83,7 +88,7 @@ def main() -> None:
     if args.cli:
         run_cli(args.url, args.lease_seconds)
     else:
-        asyncio.run(serve(args.url, args.lease_seconds))
+        asyncio.run(serve(args.url, args.lease_seconds, args.create))
 
 
 if __name__ == "__main__":
