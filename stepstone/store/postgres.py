@@ -242,10 +242,12 @@ class PostgresStore:
         if pool is not None:
             await pool.close()
 
-    def _write(self, run: Callable[[Tx], Awaitable[T | Later[T]]], *, durable: bool = True) -> asyncio.Future[T]:
+    def _write(
+        self, run: Callable[[Tx], Awaitable[T | Later[T]]], *, durable: bool = True, single: bool = False
+    ) -> asyncio.Future[T]:
         if self._writer is None:
             raise StepstoneError("the store is not open (use `async with engine:`)")
-        return self._writer.submit(run, durable=durable)
+        return self._writer.submit(run, durable=durable, single=single)
 
     async def _fetch(self, template: str, params: Sequence[Any] | Mapping[str, Any]) -> list[TupleRow]:
         """Rows of one read; once more on another connection if the first one was broken."""
@@ -483,8 +485,10 @@ class PostgresStore:
         return EventRecord(*rows[0]) if rows else None
 
     async def write(self, run: RunWrite) -> Status:
+        # A step recorded by a run that goes on is one statement (TOUCH_AND_RECORD_STEP).
+        single = run.end is None and len(run.steps) == 1
         try:
-            return await self._write(lambda tx: self._write_run(tx, run))
+            return await self._write(lambda tx: self._write_run(tx, run), single=single)
         except psycopg.Error as exc:
             if exc.sqlstate == _WRITE_REFUSED:
                 raise LeaseLostError(f"write refused: {exc.diag.message_primary} (token {run.token})") from exc

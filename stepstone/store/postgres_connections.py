@@ -92,6 +92,7 @@ class _Job:
     run: Job
     future: asyncio.Future[Any]
     durable: bool = True
+    single: bool = False
     tries: int = 0
 
 
@@ -128,11 +129,16 @@ class GroupCommit:
         self._committing = False
         self._task = asyncio.create_task(self._main(), name="stepstone-postgres-writer")
 
-    def submit(self, run: Callable[[Tx], Awaitable[T | Later[T]]], *, durable: bool = True) -> asyncio.Future[T]:
+    def submit(
+        self, run: Callable[[Tx], Awaitable[T | Later[T]]], *, durable: bool = True, single: bool = False
+    ) -> asyncio.Future[T]:
         """Queue a job. `durable=False`: its loss in a crash is harmless (a claim), so a batch
         of such jobs alone commits without waiting for the WAL flush; the next durable commit
-        flushes it, as PostgreSQL's WAL is sequential."""
-        job = _Job(run, asyncio.get_running_loop().create_future(), durable)
+        flushes it, as PostgreSQL's WAL is sequential. `single`: the job sends exactly one
+        statement and wakes nobody, so alone in a batch it runs as that statement's own
+        transaction, outside pipeline mode (a run's step, the hot path). It must be safe
+        to apply twice, as it runs again if the connection breaks."""
+        job = _Job(run, asyncio.get_running_loop().create_future(), durable, single)
         self._queue.put_nowait(job)
         return job.future
 
@@ -204,6 +210,8 @@ class GroupCommit:
         """The whole batch in one transaction sent at once. If anything fails it is rolled
         back; a lone job then has its error, a batch raises _Refused to be run carefully."""
         self._committing = False
+        if len(batch) == 1 and batch[0].single and batch[0].durable:
+            return await self._alone(conn, batch[0])
         values = []
         failure: BaseException | None = None
         try:
@@ -249,6 +257,25 @@ class GroupCommit:
         if _is_retryable(failure) and job.tries < _MAX_TRIES:
             return [], [job]
         return [_Outcome(job, error=failure)], []
+
+    async def _alone(self, conn: Connection, job: _Job) -> tuple[list[_Outcome], list[_Job]]:
+        """A one-statement job by itself: in autocommit mode the statement is its own transaction.
+
+        If the connection breaks meanwhile, it runs again on another: a run's step record
+        is an upsert fenced by the lease, so applying it twice records the same thing.
+        """
+        job.tries += 1
+        try:
+            tx = Tx(conn)
+            value = await job.run(tx)
+            assert not tx.wakes, "a single-statement job cannot send a wakeup"
+            return [_Outcome(job, await _answer(value))], []
+        except Exception as exc:
+            if conn.broken:
+                raise
+            if _is_retryable(exc) and job.tries < _MAX_TRIES:
+                return [], [job]
+            return [_Outcome(job, error=exc)], []
 
     async def _careful(self, conn: Connection, batch: list[_Job]) -> tuple[list[_Outcome], list[_Job]]:
         """The batch once more, statement by statement, each job in a savepoint of its own."""
