@@ -28,7 +28,7 @@ from stepstone.durations import to_datetime
 from stepstone.engine import Engine
 from stepstone.errors import InstanceNotFoundError
 from stepstone.http.responses import logger, to_json
-from stepstone.instances import Instance, detail_of
+from stepstone.instances import detail_of
 from stepstone.store.base import STATUSES, InstanceRecord, Status
 
 KEEP_ALIVE_SECONDS = 15.0
@@ -130,7 +130,7 @@ async def instance_changes(engine: Engine, pacer: Pacer, workflow: str, instance
         try:
             record = await engine.store.get_instance(workflow, instance_id)
             if _mark(record) != last:
-                detail = await Instance(engine, record).describe()
+                detail = detail_of(record, await engine.store.history(record.pk))
                 last = detail.updated, detail.status
                 pacer.sent()
                 yield message("instance", detail.as_dict())

@@ -178,8 +178,11 @@ class GroupCommit:
                 settle(outcome.job.future, outcome.result, outcome.error)
 
     async def _commit(self, batch: list[_Job]) -> tuple[list[_Outcome], list[_Job]]:
-        """Run a batch whole; if that fails, again in parts of at most _MAX_SAVEPOINTS jobs,
-        each job in a savepoint (the parts' callers are answered as each part commits)."""
+        """Run a batch whole (a lone one-statement job: that statement alone); if that fails,
+        again in parts of at most _MAX_SAVEPOINTS jobs, each job in a savepoint (the parts'
+        callers are answered as each part commits)."""
+        if len(batch) == 1 and batch[0].single:
+            return await self._on_a_connection(self._alone, batch)
         try:
             return await self._on_a_connection(self._pipelined, batch)
         except _Refused:
@@ -210,8 +213,6 @@ class GroupCommit:
         """The whole batch in one transaction sent at once. If anything fails it is rolled
         back; a lone job then has its error, a batch raises _Refused to be run carefully."""
         self._committing = False
-        if len(batch) == 1 and batch[0].single and batch[0].durable:
-            return await self._alone(conn, batch[0])
         values = []
         failure: BaseException | None = None
         try:
@@ -258,12 +259,14 @@ class GroupCommit:
             return [], [job]
         return [_Outcome(job, error=failure)], []
 
-    async def _alone(self, conn: Connection, job: _Job) -> tuple[list[_Outcome], list[_Job]]:
+    async def _alone(self, conn: Connection, batch: list[_Job]) -> tuple[list[_Outcome], list[_Job]]:
         """A one-statement job by itself: in autocommit mode the statement is its own transaction.
 
         If the connection breaks meanwhile, it runs again on another: a run's step record
         is an upsert fenced by the lease, so applying it twice records the same thing.
         """
+        (job,) = batch
+        self._committing = False
         job.tries += 1
         try:
             tx = Tx(conn)

@@ -351,22 +351,17 @@ class SqliteStore:
         def create(conn: sqlite3.Connection) -> list[InstanceRecord]:
             created = []
             for position, (instance_id, params_json) in enumerate(items):
+                # Leased: running from now under `lease`, as if its worker had claimed it.
+                taken = lease if position < leased else None
                 try:
-                    if position < leased:
-                        assert lease is not None
-                        row = conn.execute(
-                            "INSERT INTO instances (workflow, id, status, params, created_at, updated_at, "
-                            "started_at, lease_owner, lease_expires, lease_token) "
-                            f"VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?) RETURNING {_INSTANCE_COLUMNS}",
-                            (workflow, instance_id, params_json, now, now, now, lease.worker_id, lease.until,
-                             FIRST_TOKEN),
-                        ).fetchone()  # fmt: skip
-                    else:
-                        row = conn.execute(
-                            "INSERT INTO instances (workflow, id, status, params, created_at, updated_at) "
-                            f"VALUES (?, ?, 'queued', ?, ?, ?) RETURNING {_INSTANCE_COLUMNS}",
-                            (workflow, instance_id, params_json, now, now),
-                        ).fetchone()
+                    row = conn.execute(
+                        "INSERT INTO instances (workflow, id, status, params, created_at, updated_at, started_at, "
+                        "lease_owner, lease_expires, lease_token) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                        f"RETURNING {_INSTANCE_COLUMNS}",
+                        (workflow, instance_id, "queued" if taken is None else "running", params_json, now, now,
+                         taken and now, taken and taken.worker_id, taken and taken.until,
+                         0 if taken is None else FIRST_TOKEN),
+                    ).fetchone()  # fmt: skip
                 except sqlite3.IntegrityError:
                     raise InstanceExistsError(
                         f"instance {instance_id!r} already exists in workflow {workflow!r}"
