@@ -17,6 +17,7 @@ import asyncio
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -113,6 +114,41 @@ def _answer(outcomes: list[Outcome]) -> None:
         loop.call_soon_threadsafe(_settle_all, settled)
 
 
+_BUSY_SECONDS = 60.0
+"""How long a connection waits for another process's lock before giving up."""
+
+
+def _use_wal(conn: sqlite3.Connection, path: str) -> None:
+    """Put the file in WAL mode (a lasting property of the file), tolerating other processes
+    opening it at the same moment.
+
+    Converting the journal needs the file to itself, and SQLite answers "database is locked"
+    at once, without its busy handler, when another connection is busy with it. So the mode
+    is read first: once the file is in WAL mode, as it is after its first open, there is
+    nothing to convert and no lock to take. A conversion refused for a lock is tried again
+    with a growing pause, within the busy timeout.
+    """
+    deadline = time.monotonic() + _BUSY_SECONDS
+    pause = 0.005
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                return
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower()
+        except sqlite3.OperationalError as exc:
+            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() >= deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+            continue
+        if mode != "wal":
+            raise sqlite3.OperationalError(
+                f"SQLite refused WAL mode for {path!r} (journal mode stays {mode!r}); "
+                "the file must be on a local file system that supports shared memory"
+            )
+        return
+
+
 class _ConnectionThread:
     """A thread owning one connection; runs submitted functions against it in order.
 
@@ -161,11 +197,14 @@ class _ConnectionThread:
             self._jobs.put(jobs)
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=60.0)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self._synchronous}")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=60000")
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=_BUSY_SECONDS)
+        try:
+            _use_wal(conn, self._path)
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _main(self) -> None:

@@ -1,11 +1,15 @@
-"""What only the SQLite store does: claims commit without waiting for the disk."""
+"""What only the SQLite store does: claims commit without waiting for the disk; many
+processes may open one file at once."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
-from stepstone.store.sqlite import SqliteStore
+from stepstone.store.sqlite import SqliteStore, _use_wal
 
 from .support import LEASE, T0, WF, create
 
@@ -36,3 +40,53 @@ async def test_a_store_set_to_normal_stays_normal(tmp_path: Path) -> None:
         assert await store._write(synchronous) == 1
     finally:
         await store.close()
+
+
+def test_a_file_already_in_wal_mode_is_not_converted_again(tmp_path: Path) -> None:
+    path = str(tmp_path / "wal.db")
+    first = sqlite3.connect(path)
+    _use_wal(first, path)
+    first.execute("CREATE TABLE t (x)")
+    first.commit()
+    seen: list[str] = []
+    second = sqlite3.connect(path)
+    second.set_trace_callback(seen.append)
+    try:
+        _use_wal(second, path)  # converting takes the file to itself: not done when not needed
+    finally:
+        first.close()
+        second.close()
+    assert seen == ["PRAGMA journal_mode"]
+
+
+OPEN_AND_WRITE = """
+import asyncio, sys
+from stepstone.store.sqlite import SqliteStore
+
+async def main() -> None:
+    store = SqliteStore("sqlite:///" + sys.argv[1])
+    await store.open()
+    await store._write(lambda conn: conn.execute("SELECT count(*) FROM instances").fetchone())
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_many_processes_open_one_new_file_at_once(tmp_path: Path) -> None:
+    """Workers started together on a new file all open it: none is refused while another
+    converts the journal or migrates."""
+    path = tmp_path / "together.db"
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", OPEN_AND_WRITE, str(path), stderr=subprocess.PIPE
+        )
+        for _ in range(12)
+    ]
+    results = [(await p.wait(), (await p.stderr.read()).decode() if p.stderr else "") for p in procs]
+    assert [code for code, _ in results] == [0] * len(procs), [err for _, err in results if err]
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
