@@ -36,7 +36,7 @@ class Engine:
 
     `worker=False` gives a client that only creates and manages instances, while
     separate `stepstone worker` processes run them. `concurrency`: instances this
-    worker runs at once. `lease_seconds`: how long a silent worker keeps its instances
+    worker runs at once (waiting ones take no slot). `lease_seconds`: how long a silent worker keeps its instances
     before others take them over. `retention`: how long finished instances are kept.
     SQLite takes `synchronous="NORMAL"` (faster; a power loss may lose the last
     commits); PostgreSQL takes `schema=` (default "stepstone").
@@ -48,7 +48,7 @@ class Engine:
         *,
         workflows: Iterable[type[Workflow]] = (),
         worker: bool = True,
-        concurrency: int = 100,
+        concurrency: int = 256,
         limits: Limits | None = None,
         lease_seconds: float = 30.0,
         retention: Retention | None = None,

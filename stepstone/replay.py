@@ -63,6 +63,11 @@ T = TypeVar("T")
 # Loop turns to let every branch reach its next step before a run is deemed idle.
 _SETTLE_TURNS = 3
 
+HOLD_WAIT = 0.1
+"""Seconds: a recorded wait that a resumed run finds ending within this is waited out
+in-process instead of suspending again. Workers claim instances a moment before their
+timers are due (worker.CLAIM_AHEAD, less than this), so that the timers fire on time."""
+
 
 class Suspend(BaseException):
     """Raised in every blocked branch when the run suspends, so that `run()` unwinds.
@@ -85,6 +90,8 @@ class _Block:
     wake_at: float | None
     write: StepWrite | None
     wait_type: str | None = None
+    recorded: bool = False
+    """The wait was recorded by an earlier run: this run is its resumption."""
     wakeup: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -300,10 +307,16 @@ class Run:
     # -- blocking and suspension ------------------------------------------------------------
 
     async def _block(
-        self, key: StepKey, wake_at: float | None, write: StepWrite | None, wait_type: str | None = None
+        self,
+        key: StepKey,
+        wake_at: float | None,
+        write: StepWrite | None,
+        wait_type: str | None = None,
+        *,
+        recorded: bool = False,
     ) -> None:
         """Wait until `wake_at` (or a poke); raises Suspend if the run suspends first."""
-        block = _Block(wake_at, write, wait_type)
+        block = _Block(wake_at, write, wait_type, recorded)
         self.blocked[key] = block
         self._maybe_suspend()
         suspended = False
@@ -316,13 +329,18 @@ class Run:
             suspended = block.wakeup.done() and block.wakeup.exception() is not None
         if suspended:
             raise Suspend
+        self._maybe_suspend()  # the other branches may wait long: suspend if this one ends here
 
     def _maybe_suspend(self, turn: int = 0) -> None:
-        """Suspend once every branch is blocked and no step runs, after letting the loop settle."""
+        """Suspend once every branch is blocked and no step runs, after letting the loop settle;
+        not while a recorded wait, resumed early, ends within HOLD_WAIT."""
         if self.suspend_blocks is not None or self.stopped or self.inflight or not self.blocked:
             return
         if any(block.wakeup.done() for block in self.blocked.values()):
             return  # a branch was poked awake
+        soon = clock.now() + HOLD_WAIT
+        if any(b.recorded and b.wake_at is not None and b.wake_at <= soon for b in self.blocked.values()):
+            return  # that branch wakes in-process, and this is looked at again then
         if turn < _SETTLE_TURNS:
             asyncio.get_running_loop().call_soon(self._maybe_suspend, turn + 1)
             return
@@ -385,7 +403,7 @@ class Run:
         attempt = record.attempts if record is not None else 0
         started_at = record.started_at if record is not None else clock.now()
         if record is not None and record.due_at is not None and record.due_at > clock.now():
-            await self._block(key, record.due_at, None)  # a retry wait, already recorded
+            await self._block(key, record.due_at, None, recorded=True)  # a retry wait, already recorded
         attempts: list[Attempt] = []
         while True:
             if self.pause_requested:
@@ -468,6 +486,7 @@ class Run:
         record = self.records.get(key)
         if record is not None and record.status == "complete":
             return
+        recorded = record is not None and record.due_at is not None
         if record is not None and record.due_at is not None:
             started_at, due = record.started_at, record.due_at
         else:
@@ -476,7 +495,7 @@ class Run:
             started_at = clock.now()
             due = until if until is not None else started_at + (seconds or 0.0)
         if due > clock.now():
-            await self._block(key, due, StepWrite(key, "waiting", started_at, due_at=due))
+            await self._block(key, due, StepWrite(key, "waiting", started_at, due_at=due), recorded=recorded)
         self.pending.append(StepWrite(key, "complete", started_at, due_at=due, ended_at=clock.now()))
 
     def wait_for_event(self, name: object, type_: str, timeout: float) -> Coroutine[Any, Any, Event]:
@@ -503,7 +522,8 @@ class Run:
                     event = await self._take_event(key, type_, started_at, due)
             if event is not None:
                 return event
-            await self._block(key, due, StepWrite(key, "waiting", started_at, due_at=due), wait_type=type_)
+            write = StepWrite(key, "waiting", started_at, due_at=due)
+            await self._block(key, due, write, wait_type=type_, recorded=record is not None)
 
     async def _take_event(self, key: StepKey, type_: str, started_at: float, due: float) -> Event | None:
         """Take the first kept event of `type_` for this wait (recorded); WaitTimeout once overdue."""

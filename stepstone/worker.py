@@ -19,13 +19,17 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from stepstone import clock, retention
-from stepstone.replay import Run
+from stepstone.replay import HOLD_WAIT, Run
 from stepstone.retention import Retention
 from stepstone.serialization import Limits
 from stepstone.store.base import FIRST_TOKEN, Claim, InstanceRecord, Lease, Store
 from stepstone.workflow import Workflow
 
 log = logging.getLogger("stepstone.worker")
+
+CLAIM_AHEAD = HOLD_WAIT / 2
+"""Seconds: a worker claims instances whose timers are due within this, so that their
+runs are replayed and waiting in-process when the timers fire."""
 
 
 def host_identity() -> str:
@@ -187,10 +191,14 @@ class Worker:
             self._woken = False
             free = self.concurrency - len(self.active) - self._reserved
             next_at: float | None = None
+            horizon = 0.0
             if free > 0:
                 try:
                     now = clock.now()
-                    batch = await self.store.claim(self.id, names, free, now, now + self.lease_seconds)
+                    horizon = now + CLAIM_AHEAD  # timers due by then are taken now, to fire on time
+                    batch = await self.store.claim(
+                        self.id, names, free, now, now + self.lease_seconds, due_by=horizon
+                    )
                 except Exception:
                     log.exception("claiming instances failed; retrying in %s s", self.store.wakeup_poll)
                     batch = None
@@ -200,7 +208,10 @@ class Worker:
                     next_at = batch.next_wake_at
             delay = self.store.wakeup_poll
             if next_at is not None:
-                delay = min(delay, max(0.0, next_at - clock.now()))
+                # A timer is taken CLAIM_AHEAD early. What was due by the horizon and not taken
+                # is another worker's lease (or this worker is full): look again when it is due.
+                look_at = next_at if next_at <= horizon else next_at - CLAIM_AHEAD
+                delay = min(delay, max(0.0, look_at - clock.now()))
             if delay > 0:
                 await self._sleep(delay)
 

@@ -300,12 +300,21 @@ class Store(Protocol):
     # -- workers ----------------------------------------------------------------------
 
     async def claim(
-        self, worker_id: str, workflows: Sequence[str], limit: int, now: float, lease_until: float
+        self,
+        worker_id: str,
+        workflows: Sequence[str],
+        limit: int,
+        now: float,
+        lease_until: float,
+        *,
+        due_by: float | None = None,
     ) -> ClaimBatch:
         """Lease up to `limit` runnable instances of `workflows` to `worker_id`.
 
-        Runnable: queued; waiting with wake_at <= now; running or waitingForPause whose
-        lease expired before `now` (a waitingForPause one becomes paused instead).
+        Runnable: queued; waiting with wake_at <= `due_by` (default `now`: a worker may
+        take timers due a moment later, to fire them in-process on time); running or
+        waitingForPause whose lease expired before `now` (a waitingForPause one becomes
+        paused instead).
         """
 
     async def load_steps(self, pk: int) -> list[StepRecord]:

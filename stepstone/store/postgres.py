@@ -440,12 +440,21 @@ class PostgresStore:
     # -- workers --------------------------------------------------------------------------
 
     async def claim(
-        self, worker_id: str, workflows: Sequence[str], limit: int, now: float, lease_until: float
+        self,
+        worker_id: str,
+        workflows: Sequence[str],
+        limit: int,
+        now: float,
+        lease_until: float,
+        *,
+        due_by: float | None = None,
     ) -> ClaimBatch:
         names = list(workflows)
         if not names:
             return ClaimBatch([], None)
-        args = {"names": names, "now": now, "limit": limit, "worker": worker_id, "lease_until": lease_until}
+        horizon = now if due_by is None else max(now, due_by)
+        args = {"names": names, "now": now, "due_by": horizon, "limit": limit, "worker": worker_id,
+                "lease_until": lease_until}  # fmt: skip
 
         async def claim(tx: Tx) -> Later[ClaimBatch]:
             conn = tx.conn

@@ -121,7 +121,7 @@ WITH workflows AS (
     SELECT c.pk, true AS resumed, 1 AS tier, c.wake_at AS rank
     FROM workflows w, LATERAL (
         SELECT pk, wake_at FROM {s}.instances
-        WHERE status = 'waiting' AND workflow = w.name AND wake_at <= %(now)s
+        WHERE status = 'waiting' AND workflow = w.name AND wake_at <= %(due_by)s
         ORDER BY wake_at, pk LIMIT %(limit)s FOR UPDATE SKIP LOCKED
     ) c
     ORDER BY c.wake_at, c.pk LIMIT %(limit)s

@@ -543,11 +543,19 @@ class SqliteStore:
     # -- workers --------------------------------------------------------------------------
 
     async def claim(
-        self, worker_id: str, workflows: Sequence[str], limit: int, now: float, lease_until: float
+        self,
+        worker_id: str,
+        workflows: Sequence[str],
+        limit: int,
+        now: float,
+        lease_until: float,
+        *,
+        due_by: float | None = None,
     ) -> ClaimBatch:
         names = list(workflows)
         if not names:
             return ClaimBatch([], None)
+        horizon = now if due_by is None else max(now, due_by)
 
         def claim(conn: sqlite3.Connection) -> ClaimBatch:
             # A pause asked while a step ran takes effect when that step ends; a dead
@@ -571,7 +579,8 @@ class SqliteStore:
             ):
                 wanted = limit - len(picked)
                 if wanted > 0:
-                    rows = [row for name in names for row in conn.execute(sql, (name, now, wanted))]
+                    bound = horizon if "wake_at" in sql else now
+                    rows = [row for name in names for row in conn.execute(sql, (name, bound, wanted))]
                     picked += [(pk, bool(resumed)) for _, pk, resumed in sorted(rows)[:wanted]]
             # The steps of resumed instances come with the claim: one read, not one per instance.
             steps: dict[int, list[StepRecord]] = {pk: [] for pk, resumed in picked if resumed}
@@ -600,7 +609,7 @@ class SqliteStore:
 
         # Look before taking the write lock: an idle poll costs a read, not a write.
         earliest = await self._read(lambda conn: _earliest(conn, worker_id, names, queued=True))
-        if earliest is None or earliest > now:
+        if earliest is None or earliest > horizon:
             return ClaimBatch([], earliest)
         # Not durable: a claim lost to a power cut leaves the instance claimable again, and
         # the run's first write, which syncs the log, makes the claim durable with it.

@@ -122,3 +122,26 @@ async def test_sleeping_instance_holds_no_worker_slot(store_url: str) -> None:
         quick = await engine.workflow(Sleepy).create(params="quick")
         assert (await finish(quick)).output == "awake"
         await sleeper.terminate()
+
+
+async def test_a_timer_is_taken_a_moment_early_but_the_step_after_it_never_runs_early(
+    start_engine: StartEngine) -> None:
+    """The worker claims an instance just before its timer is due, and the replayed run
+    waits out the rest in-process: run() passes twice (live, then once resumed), and the
+    step after the sleep starts no earlier than the sleep's due time."""
+    passes: list[float] = []
+
+    class Naps(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            passes.append(time.time())
+            await step.sleep("nap", "0.3 s")
+            return await step.do("after", time.time)
+
+    engine = await start_engine(Naps)
+    inst = await engine.workflow(Naps).create()
+    final = await finish(inst)
+    assert final.status == "complete"
+    (nap,) = [s for s in (await inst.describe()).steps if s.kind == "sleep"]
+    assert nap.due is not None
+    assert final.output >= nap.due.timestamp()
+    assert len(passes) == 2

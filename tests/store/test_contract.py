@@ -566,6 +566,22 @@ async def test_claims_take_due_timers_then_expired_leases_then_queued(store: Sto
         assert record.started_at is not None
 
 
+async def test_a_claim_may_take_timers_due_a_moment_later_but_never_an_unexpired_lease(store: Store) -> None:
+    soon = await start(store, "soon", "w0")
+    await end(store, soon, "waiting", wake_at=T0 + 10.03)
+    later = await start(store, "later", "w0")
+    await end(store, later, "waiting", wake_at=T0 + 10.2)
+    await start(store, "busy", "w0", now=T0 + 10 - LEASE + 0.01)  # its lease ends at T0 + 10.01
+
+    batch = await store.claim("w1", [WF], 10, T0 + 10, T0 + 10 + LEASE, due_by=T0 + 10.05)
+    assert [c.id for c in batch.claims] == ["soon"]
+    assert batch.next_wake_at == T0 + 10.01  # the lease of "busy", not taken early
+    assert (await get(store, "busy")).status == "running"
+    assert (await get(store, "later")).status == "waiting"
+    # Without due_by, only what is due now.
+    assert (await store.claim("w1", [WF], 10, T0 + 10.005, T0 + 70)).claims == []
+
+
 async def test_a_full_claim_batch_asks_to_claim_again_now(store: Store) -> None:
     await create(store, "a", "b", "c")
     batch = await store.claim("w1", [WF], 2, T0, T0 + LEASE)
