@@ -125,7 +125,8 @@ async def test_sleeping_instance_holds_no_worker_slot(store_url: str) -> None:
 
 
 async def test_a_timer_is_taken_a_moment_early_but_the_step_after_it_never_runs_early(
-    start_engine: StartEngine) -> None:
+    start_engine: StartEngine,
+) -> None:
     """The worker claims an instance just before its timer is due, and the replayed run
     waits out the rest in-process: run() passes twice (live, then once resumed), and the
     step after the sleep starts no earlier than the sleep's due time."""
