@@ -11,10 +11,10 @@ from typing import Any
 from stepstone import clock
 from stepstone import store as stores
 from stepstone.errors import InvalidInputError, StepstoneError, WorkflowNotFoundError
-from stepstone.instances import WorkflowHandle
+from stepstone.instances import InstanceStatus, WorkflowHandle, status_of
 from stepstone.retention import Retention
 from stepstone.serialization import Limits
-from stepstone.store.base import InstanceRecord, Lease, Store
+from stepstone.store.base import InstanceRecord, Lease, Status, Store
 from stepstone.threads import DaemonThreadPool
 from stepstone.worker import Worker
 from stepstone.workflow import Workflow, check_class, name_of
@@ -80,6 +80,7 @@ class Engine:
         self._executor: DaemonThreadPool | None = None
         self._known: set[str] = set()
         self._changed = asyncio.Event()
+        self._end_watchers: dict[int, list[asyncio.Future[InstanceStatus]]] = {}
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -114,6 +115,7 @@ class Engine:
                     limits=self.limits,
                     executor=self._executor,
                     on_change=self._notify_change,
+                    on_end=self._run_ended,
                     retention=self.retention,
                 )
                 await self._worker.start()
@@ -188,6 +190,27 @@ class Engine:
     def changes(self) -> asyncio.Event:
         """An event set at the next change this process makes to any instance's end state."""
         return self._changed
+
+    def watch_end(self, pk: int) -> asyncio.Future[InstanceStatus] | None:
+        """A future given the final status of instance `pk` if a run in this process ends it
+        (before `changes()` is set); None without a worker. Drop it with `unwatch_end`."""
+        if self._worker is None:
+            return None
+        future: asyncio.Future[InstanceStatus] = asyncio.get_running_loop().create_future()
+        self._end_watchers.setdefault(pk, []).append(future)
+        return future
+
+    def unwatch_end(self, pk: int, future: asyncio.Future[InstanceStatus]) -> None:
+        watchers = self._end_watchers.get(pk)
+        if watchers is not None and future in watchers:
+            watchers.remove(future)
+            if not watchers:
+                del self._end_watchers[pk]
+
+    def _run_ended(self, pk: int, status: Status, output_json: str | None, error_json: str | None) -> None:
+        for future in self._end_watchers.pop(pk, ()):
+            if not future.done():
+                future.set_result(status_of(status, output_json, error_json))
 
     def _notify_change(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()

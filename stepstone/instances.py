@@ -106,9 +106,11 @@ def _error(text: str | None) -> dict[str, str] | None:
 
 
 def _status(record: InstanceRecord) -> InstanceStatus:
-    return InstanceStatus(
-        observed_status(record, clock.now()), serialization.loads(record.output_json), _error(record.error_json)
-    )
+    return status_of(observed_status(record, clock.now()), record.output_json, record.error_json)
+
+
+def status_of(status: Status, output_json: str | None, error_json: str | None) -> InstanceStatus:
+    return InstanceStatus(status, serialization.loads(output_json), _error(error_json))
 
 
 def _maybe_time(epoch: float | None) -> datetime | None:
@@ -240,24 +242,45 @@ class Instance:
         limit = None if timeout is None else durations.seconds(timeout, what="wait timeout")
         loop = asyncio.get_running_loop()
         deadline = None if limit is None else loop.time() + limit
+        ended = self._engine.watch_end(self._pk)
+        try:
+            return await self._wait(ended, limit, deadline)
+        finally:
+            if ended is not None:
+                self._engine.unwatch_end(self._pk, ended)
+
+    async def _wait(
+        self, ended: asyncio.Future[InstanceStatus] | None, limit: float | None, deadline: float | None
+    ) -> InstanceStatus:
+        loop = asyncio.get_running_loop()
         pause = 0.005
+        timed_out = False
         while True:
+            if ended is not None and ended.done():
+                return ended.result()  # ended by a run here: what it recorded, without a read
             changed = self._engine.changes()
-            status = await self.status()
-            if is_terminal(status.status):
-                return status
-            if self._engine.runs_here(self._pk):
-                pause = _MAX_WAIT_PAUSE  # its run's end sets `changed`: no need to poll soon
+            status: InstanceStatus | None = None
+            if self._engine.runs_here(self._pk) and not timed_out:
+                # Running here, so not ended (unless ended by another process: looked at after
+                # a pause); its run's end sets `changed`.
+                pause = _MAX_WAIT_PAUSE
+            else:
+                status = await self.status()
+                if is_terminal(status.status):
+                    return status
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
+                state = "running" if status is None else status.status
                 raise TimeoutError(
-                    f"instance {self.id!r} of {self.workflow!r} did not end within {limit:g} s (it is {status.status})"
+                    f"instance {self.id!r} of {self.workflow!r} did not end within {limit:g} s (it is {state})"
                 )
             with_timeout = pause if remaining is None else min(pause, remaining)
+            timed_out = False
             try:
                 async with asyncio.timeout(with_timeout):
                     await changed.wait()
             except TimeoutError:
+                timed_out = True
                 pause = min(pause * 2, _MAX_WAIT_PAUSE)
 
 

@@ -163,6 +163,11 @@ class Run:
         self.stopped = False
         self.ending = False
         """Set once the run records how it ends (its lease is then given up on purpose)."""
+        self.wake_at: float | None = None
+        """When the instance falls due again, if the run suspended with a timer."""
+        self.output_json: str | None = None
+        self.error_json: str | None = None
+        """What the run recorded as the instance's output or error, if it ended it."""
         self._task: asyncio.Task[Any] | None = None
         self._branches: set[asyncio.Task[Any]] = set()
         self._event_locks: dict[str, asyncio.Lock] = {}
@@ -236,6 +241,9 @@ class Run:
         wait_types: list[str] | None = None,
     ) -> Status | None:
         self.ending = True
+        self.wake_at = wake_at
+        self.output_json = output_json
+        self.error_json = None if error is None else json.dumps(error)
         write = RunWrite(
             self.claim.pk,
             self.claim.token,
@@ -244,7 +252,7 @@ class Run:
             end=end,
             wake_at=wake_at,
             output_json=output_json,
-            error_json=None if error is None else json.dumps(error),
+            error_json=self.error_json,
             wait_types=wait_types or [],
         )
         try:

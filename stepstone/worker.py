@@ -22,7 +22,7 @@ from stepstone import clock, retention
 from stepstone.replay import HOLD_WAIT, Run
 from stepstone.retention import Retention
 from stepstone.serialization import Limits
-from stepstone.store.base import FIRST_TOKEN, Claim, InstanceRecord, Lease, Store
+from stepstone.store.base import FIRST_TOKEN, Claim, InstanceRecord, Lease, Status, Store
 from stepstone.workflow import Workflow
 
 log = logging.getLogger("stepstone.worker")
@@ -72,6 +72,7 @@ class Worker:
         limits: Limits,
         executor: Executor,
         on_change: Callable[[], None],
+        on_end: Callable[[int, Status, str | None, str | None], None] | None = None,
         retention: Retention | None = None,
         prune_every: float = 60.0,
     ) -> None:
@@ -82,6 +83,8 @@ class Worker:
         self.limits = limits
         self.executor = executor
         self.on_change = on_change
+        self.on_end = on_end
+        """Called with (pk, status, output JSON, error JSON) when a run here ends its instance."""
         self.retention = retention
         self.prune_every = prune_every
         self.host = host_identity()
@@ -89,6 +92,12 @@ class Worker:
         self.active: dict[int, _Active] = {}
         self._woken = False
         self._wakeup: asyncio.Future[None] | None = None
+        self._look_at = 0.0
+        """When the sleeping claim loop looks next (moved earlier by `expect`)."""
+        self._expected: list[float] = []
+        """Timers of instances this worker released since its last claim began."""
+        self._full = False
+        """The last look found the worker full: a slot that frees may take queued work."""
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._reserved = 0
@@ -135,12 +144,26 @@ class Worker:
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
 
-    async def _sleep(self, delay: float) -> None:
-        """Sleep up to `delay` seconds, less if woken (plain futures: no timeout races with cancel)."""
-        if self._woken:
-            return
-        self._wakeup = asyncio.get_running_loop().create_future()
-        await asyncio.wait([self._wakeup], timeout=delay)
+    def expect(self, at: float) -> None:
+        """An instance released by this worker falls due at `at`: look then (no claim now)."""
+        self._expected.append(at)
+        if at - CLAIM_AHEAD < self._look_at:
+            self._look_at = at - CLAIM_AHEAD
+            if self._wakeup is not None and not self._wakeup.done():
+                self._wakeup.set_result(None)
+
+    async def _sleep_until_next_look(self) -> None:
+        """Sleep until `_look_at`, or until woken; `expect` may move `_look_at` earlier meanwhile.
+
+        Plain futures: no timeout races with cancel.
+        """
+        loop = asyncio.get_running_loop()
+        while not self._woken and not self._stopping:
+            delay = self._look_at - clock.now()
+            if delay <= 0:
+                return
+            self._wakeup = loop.create_future()
+            await asyncio.wait([self._wakeup], timeout=delay)
 
     def lease_new(self, workflow: str, count: int) -> Lease | None:
         """Free slots for up to `count` new instances of `workflow` that this process creates.
@@ -190,9 +213,12 @@ class Worker:
         while not self._stopping:
             self._woken = False
             free = self.concurrency - len(self.active) - self._reserved
+            self._full = free <= 0
             next_at: float | None = None
             horizon = 0.0
             if free > 0:
+                # The claim sees the timers released before it began (and reports the next one).
+                del self._expected[: len(self._expected)]
                 try:
                     now = clock.now()
                     horizon = now + CLAIM_AHEAD  # timers due by then are taken now, to fire on time
@@ -206,14 +232,15 @@ class Worker:
                     for claim in batch.claims:
                         self._start(claim)
                     next_at = batch.next_wake_at
-            delay = self.store.wakeup_poll
+                    self._full = len(batch.claims) >= free
+            self._look_at = clock.now() + self.store.wakeup_poll
             if next_at is not None:
                 # A timer is taken CLAIM_AHEAD early. What was due by the horizon and not taken
                 # is another worker's lease (or this worker is full): look again when it is due.
-                look_at = next_at if next_at <= horizon else next_at - CLAIM_AHEAD
-                delay = min(delay, max(0.0, look_at - clock.now()))
-            if delay > 0:
-                await self._sleep(delay)
+                self._look_at = min(self._look_at, next_at if next_at <= horizon else next_at - CLAIM_AHEAD)
+            if not self._full and self._expected:  # released while the claim ran: not seen by it
+                self._look_at = min(self._look_at, min(self._expected) - CLAIM_AHEAD)
+            await self._sleep_until_next_look()
 
     async def _heartbeat_loop(self) -> None:
         interval = min(self.lease_seconds / 3, self.prune_every)
@@ -262,6 +289,7 @@ class Worker:
         self.active[claim.pk] = active
 
     async def _run(self, claim: Claim, active: _Active) -> None:
+        ended: Status | None = None
         try:
             if claim.steps is not None:
                 history = list(claim.steps)
@@ -269,7 +297,7 @@ class Worker:
                 history = await self.store.load_steps(claim.pk) if claim.resumed else []
             workflow = self.workflows[claim.workflow]()
             active.run = Run(self.store, claim, workflow, history, limits=self.limits, executor=self.executor)
-            await active.run.execute()
+            ended = await active.run.execute()
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -277,5 +305,19 @@ class Worker:
         finally:
             if self.active.get(claim.pk) is active:
                 del self.active[claim.pk]
-            self.wake()
+            self._after_run(ended, active.run)
+            if ended in ("complete", "errored") and active.run is not None and self.on_end is not None:
+                self.on_end(claim.pk, ended, active.run.output_json, active.run.error_json)
             self.on_change()
+
+    def _after_run(self, ended: Status | None, run: Run | None) -> None:
+        """A run ended `ended` and freed its slot: look for work only if there may be some."""
+        if ended == "waiting" and run is not None and run.wake_at is not None:
+            self.expect(run.wake_at)  # its timer; nothing else became runnable
+            if self._full:
+                self.wake()
+        elif ended in ("complete", "errored", "terminated", "paused"):
+            if self._full:
+                self.wake()
+        else:  # handed back, lease lost, or a failure: look now
+            self.wake()

@@ -527,7 +527,10 @@ class PostgresStore:
                     "output": run.output_json, "error": run.error_json,
                 },
             )  # fmt: skip
-            tx.wake_workers()  # a lease released: its instance may be runnable, its slot is free
+            if run.end in ("queued", "waiting"):
+                # Runnable again, now or at its timer, for any worker. (A finished or paused
+                # instance gives the others nothing to do: the freed slot is this worker's.)
+                tx.wake_workers()
 
         async def status() -> Status:
             row = await answer.fetchone()

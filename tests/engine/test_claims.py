@@ -1,0 +1,72 @@
+"""When a worker looks for work: not after every run that ends with nothing new to run,
+and on time for the timers of the instances it released."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from stepstone import Engine, Workflow, WorkflowEvent, WorkflowStep
+from stepstone.store.base import ClaimBatch, Store
+
+from .support import StartEngine, finish
+
+
+class CountingClaims:
+    """Wraps a store's `claim` to count the calls."""
+
+    def __init__(self, store: Store) -> None:
+        self.calls = 0
+        self._claim = store.claim
+
+        async def claim(*args: Any, **kwargs: Any) -> ClaimBatch:
+            self.calls += 1
+            return await self._claim(*args, **kwargs)
+
+        store.claim = claim  # type: ignore[method-assign]
+
+
+class OneStep(Workflow):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        async def body() -> dict[str, int]:
+            return {"n": event.payload}
+
+        return await step.do("only", body)
+
+
+async def test_runs_that_end_with_nothing_new_to_run_cost_no_claim(start_engine: StartEngine) -> None:
+    engine = await start_engine(OneStep)
+    engine.store.wakeup_poll = 60.0  # no safety-net polls during the test
+    handle = engine.workflow(OneStep)
+    await finish(await handle.create(params=0))  # the claim loop has settled into its sleep
+    claims = CountingClaims(engine.store)
+    for n in range(1, 21):
+        final = await finish(await handle.create(params=n))
+        assert (final.status, final.output) == ("complete", {"n": n})
+    # Each instance started where it was created (no claim), and its end freed a slot with
+    # nothing queued behind it: no look for work.
+    assert claims.calls == 0
+
+
+async def test_a_timer_released_here_fires_without_waiting_for_the_poll(start_engine: StartEngine) -> None:
+    class Nap(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            await step.sleep("nap", "0.3 s")
+            return await step.do("after", time.time)
+
+    engine = await start_engine(Nap)
+    engine.store.wakeup_poll = 60.0
+    handle = engine.workflow(Nap)
+    await finish(await handle.create(params=None))  # the claim loop now sleeps up to a minute
+    inst = await handle.create()
+    final = await finish(inst, timeout=20.0)  # woken by the poll it would take 60 s
+    assert final.status == "complete"
+
+
+async def test_a_full_worker_looks_for_queued_work_when_a_slot_frees(store_url: str) -> None:
+    async with Engine(store_url, workflows=[OneStep], concurrency=2) as engine:
+        engine.store.wakeup_poll = 60.0
+        handle = engine.workflow(OneStep)
+        batch = await handle.create_batch([{"params": n} for n in range(10)])  # 2 leased here, 8 queued
+        finals = [await finish(inst) for inst in batch]
+        assert [(f.status, f.output) for f in finals] == [("complete", {"n": n}) for n in range(10)]
