@@ -39,6 +39,10 @@ _MAX_SAVEPOINTS = 64
 """Jobs per transaction when a batch runs again job by job, each in a savepoint: past 64
 subtransactions in one transaction PostgreSQL's per-backend cache overflows, which slows
 every session's snapshots."""
+_YIELD_EVERY = 16
+"""Jobs a batch sends (or reads the answers of) before it lets the event loop run other
+tasks: a batch of hundreds is milliseconds of Python, and timers falling due meanwhile
+would fire late."""
 _MAX_TRIES = 5
 """Attempts of a job that keeps losing deadlocks before its error reaches the caller."""
 _ABANDON = "DO $$ BEGIN RAISE EXCEPTION 'stepstone: batch abandoned before its commit'; END $$"
@@ -223,10 +227,12 @@ class GroupCommit:
                     if not any(job.durable for job in batch):
                         await conn.execute(_LAZY_COMMIT)
                     wakes = False
-                    for job in batch:
+                    for i, job in enumerate(batch, 1):
                         tx = Tx(conn)
                         values.append(await job.run(tx))
                         wakes = wakes or tx.wakes
+                        if i % _YIELD_EVERY == 0:
+                            await asyncio.sleep(0)  # a long batch lets due timers fire meanwhile
                     if wakes:
                         await conn.execute(self._notify)
                 except BaseException as exc:
@@ -242,11 +248,13 @@ class GroupCommit:
             failure = failure or exc
         if failure is None:
             outcomes = []
-            for job, value in zip(batch, values, strict=True):
+            for i, (job, value) in enumerate(zip(batch, values, strict=True), 1):
                 try:
                     outcomes.append(_Outcome(job, await _answer(value)))
                 except Exception as exc:  # reading a Later's cursors should not fail; if it does, say so
                     outcomes.append(_Outcome(job, error=exc))
+                if i % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
             return outcomes, []
         if conn.broken or not isinstance(failure, Exception):
             raise failure
