@@ -243,11 +243,16 @@ class PostgresStore:
             await pool.close()
 
     def _write(
-        self, run: Callable[[Tx], Awaitable[T | Later[T]]], *, durable: bool = True, single: bool = False
+        self,
+        run: Callable[[Tx], Awaitable[T | Later[T]]],
+        *,
+        durable: bool = True,
+        single: bool = False,
+        rerunnable: bool = True,
     ) -> asyncio.Future[T]:
         if self._writer is None:
             raise StepstoneError("the store is not open (use `async with engine:`)")
-        return self._writer.submit(run, durable=durable, single=single)
+        return self._writer.submit(run, durable=durable, single=single, rerunnable=rerunnable)
 
     async def _fetch(self, template: str, params: Sequence[Any] | Mapping[str, Any]) -> list[TupleRow]:
         """Rows of one read; once more on another connection if the first one was broken."""
@@ -294,21 +299,35 @@ class PostgresStore:
             "token": FIRST_TOKEN,
         }  # fmt: skip
 
-        async def create(tx: Tx) -> list[InstanceRecord]:
-            cursor = await tx.conn.execute(self._sql(queries.CREATE_INSTANCES), args)
-            rows = await cursor.fetchall()
-            if len(rows) < len(ids):
-                created = {row[2] for row in rows}
-                seen: set[str] = set()
-                for instance_id in ids:
-                    if instance_id in seen or instance_id not in created:
-                        raise InstanceExistsError(f"instance {instance_id!r} already exists in workflow {workflow!r}")
-                    seen.add(instance_id)
-            if len(rows) > leased:  # some are queued
-                tx.wake_workers()
-            return sorted((_instance(row) for row in rows), key=lambda record: record.pk)
+        seen: set[str] = set()
+        for instance_id in ids:
+            if instance_id in seen:
+                raise InstanceExistsError(f"instance {instance_id!r} already exists in workflow {workflow!r}")
+            seen.add(instance_id)
 
-        return await self._write(create)
+        # One statement, all or nothing: an id that exists fails it on the unique key. So
+        # instances created leased (nothing to NOTIFY) cost one round trip, committed alone.
+        async def create(tx: Tx) -> Later[list[InstanceRecord]]:
+            cursor = await tx.conn.execute(self._sql(queries.CREATE_INSTANCES), args)
+            if len(ids) > leased:  # some are queued
+                tx.wake_workers()
+
+            async def created() -> list[InstanceRecord]:
+                return sorted((_instance(row) for row in await cursor.fetchall()), key=lambda record: record.pk)
+
+            return Later(created)
+
+        try:
+            # Not run again if the connection breaks: a create that did commit would then fail.
+            return await self._write(create, single=len(ids) <= leased, rerunnable=False)
+        except psycopg.errors.UniqueViolation:
+            existing = {row[0] for row in await self._fetch(queries.EXISTING_IDS, (workflow, ids))}
+            taken = next((instance_id for instance_id in ids if instance_id in existing), None)
+            if taken is None:  # deleted meanwhile: say so rather than retry behind the caller's back
+                raise InstanceExistsError(
+                    f"an instance of {ids!r} existed in workflow {workflow!r} when they were created"
+                ) from None
+            raise InstanceExistsError(f"instance {taken!r} already exists in workflow {workflow!r}") from None
 
     async def get_instance(self, workflow: str, instance_id: str) -> InstanceRecord:
         rows = await self._fetch(queries.FIND_INSTANCE, (workflow, instance_id))

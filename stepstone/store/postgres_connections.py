@@ -97,6 +97,7 @@ class _Job:
     future: asyncio.Future[Any]
     durable: bool = True
     single: bool = False
+    rerunnable: bool = True
     tries: int = 0
 
 
@@ -134,15 +135,21 @@ class GroupCommit:
         self._task = asyncio.create_task(self._main(), name="stepstone-postgres-writer")
 
     def submit(
-        self, run: Callable[[Tx], Awaitable[T | Later[T]]], *, durable: bool = True, single: bool = False
+        self,
+        run: Callable[[Tx], Awaitable[T | Later[T]]],
+        *,
+        durable: bool = True,
+        single: bool = False,
+        rerunnable: bool = True,
     ) -> asyncio.Future[T]:
         """Queue a job. `durable=False`: its loss in a crash is harmless (a claim), so a batch
         of such jobs alone commits without waiting for the WAL flush; the next durable commit
         flushes it, as PostgreSQL's WAL is sequential. `single`: the job sends exactly one
         statement and wakes nobody, so alone in a batch it runs as that statement's own
-        transaction, outside pipeline mode (a run's step, the hot path). It must be safe
-        to apply twice, as it runs again if the connection breaks."""
-        job = _Job(run, asyncio.get_running_loop().create_future(), durable, single)
+        transaction, outside pipeline mode (a run's step, the hot path). If the connection
+        breaks meanwhile, it runs again on another when `rerunnable` (applying it twice
+        records the same thing); otherwise its caller gets the error, the outcome unknown."""
+        job = _Job(run, asyncio.get_running_loop().create_future(), durable, single, rerunnable)
         self._queue.put_nowait(job)
         return job.future
 
@@ -270,11 +277,11 @@ class GroupCommit:
     async def _alone(self, conn: Connection, batch: list[_Job]) -> tuple[list[_Outcome], list[_Job]]:
         """A one-statement job by itself: in autocommit mode the statement is its own transaction.
 
-        If the connection breaks meanwhile, it runs again on another: a run's step record
-        is an upsert fenced by the lease, so applying it twice records the same thing.
+        If the connection breaks meanwhile, it runs again on another if it is rerunnable
+        (a run's step record is an upsert fenced by the lease).
         """
         (job,) = batch
-        self._committing = False
+        self._committing = not job.rerunnable
         job.tries += 1
         try:
             tx = Tx(conn)

@@ -28,9 +28,11 @@ SELECT %(workflow)s, item.id, CASE WHEN leased THEN 'running' ELSE 'queued' END,
 FROM unnest(%(ids)s::text[], %(params)s::text[]) WITH ORDINALITY AS item (id, params, position),
     LATERAL (SELECT item.position <= %(leased)s AS leased) AS lease
 ORDER BY item.position
-ON CONFLICT (workflow, id) DO NOTHING
 RETURNING {INSTANCE_COLUMNS}
 """
+
+# Which of the ids given exist (after CREATE_INSTANCES failed on the unique key).
+EXISTING_IDS = "SELECT id FROM {s}.instances WHERE workflow = %s AND id = ANY(%s)"
 
 FIND_INSTANCE = f"SELECT {INSTANCE_COLUMNS} FROM {{s}}.instances WHERE workflow = %s AND id = %s"
 

@@ -689,6 +689,22 @@ async def test_a_leased_create_of_an_existing_id_creates_nothing(store: Store) -
     assert [r.id for r in await store.list_instances(WF, status=None, limit=10, before_pk=None)] == ["a"]
 
 
+async def test_creates_committed_together_fail_alone_on_an_existing_id(store: Store) -> None:
+    await create(store, "a")
+    lease = Lease("w1", T0 + LEASE, 1)
+    results = await asyncio.gather(
+        store.create_instances(WF, [("b", "{}")], T0, lease),
+        store.create_instances(WF, [("a", "{}")], T0, lease),
+        store.create_instances(WF, [("c", "{}")], T0),
+        return_exceptions=True,
+    )
+    assert [r.id for r in results[0]] == ["b"]  # type: ignore[union-attr]
+    assert isinstance(results[1], InstanceExistsError) and "'a'" in str(results[1])
+    assert [r.id for r in results[2]] == ["c"]  # type: ignore[union-attr]
+    listed = await store.list_instances(WF, status=None, limit=10, before_pk=None)
+    assert sorted(r.id for r in listed) == ["a", "b", "c"]
+
+
 async def test_a_leased_create_wakes_subscribers_only_for_instances_left_queued(pg_url: str) -> None:
     # (PostgreSQL only: SQLite has no cross-process wakeups, its workers poll.)
     async with opened(pg_url) as worker, opened(pg_url) as client:
