@@ -14,6 +14,7 @@ write lock with BEGIN IMMEDIATE, so two processes never claim the same row.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -157,6 +158,12 @@ class _ConnectionThread:
     in one turn of the event loop reach the thread together (one handover, not one
     each), and each batch is answered with one wakeup of the loop. The thread serves
     one event loop at a time.
+
+    A lone write, when the writing thread is idle and no other process holds the file's
+    write lock, runs at once on the event loop's thread instead: handing it over and
+    back costs two thread switches and a wakeup of the loop, more than the commit
+    itself. That is the sequential case (one instance, step after step). Writes that
+    come several to a turn, as under load, still go to the thread and share commits.
     """
 
     def __init__(self, path: str, synchronous: str, *, writer: bool, name: str) -> None:
@@ -169,6 +176,9 @@ class _ConnectionThread:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._conn: sqlite3.Connection | None = None
+        self._using = threading.Lock()
+        """Held while the connection runs a batch, by the thread or by the loop (lone writes)."""
 
     def start(self) -> None:
         self._thread.start()
@@ -194,7 +204,33 @@ class _ConnectionThread:
     def _hand_over(self) -> None:
         if self._pending is not None:
             jobs, self._pending = self._pending, None
-            self._jobs.put(jobs)
+            if not (self._writer and len(jobs) == 1 and self._run_here(jobs)):
+                self._jobs.put(jobs)
+
+    def _run_here(self, jobs: list[_Job]) -> bool:
+        """Run a lone write on this thread if the writer is idle and the file's write lock
+        free; False (nothing done) otherwise. Never waits for another process's lock."""
+        if not self._using.acquire(blocking=False):
+            return False
+        try:
+            conn = self._conn
+            if conn is None or not self._jobs.empty():
+                return False
+            try:
+                conn.execute("PRAGMA busy_timeout=0")
+            except sqlite3.Error:
+                return False
+            try:
+                outcomes = self._run_batch(conn, jobs, self._synchronous, wait=False)
+            finally:
+                with contextlib.suppress(sqlite3.Error):  # (the outcomes stand either way)
+                    conn.execute(f"PRAGMA busy_timeout={int(_BUSY_SECONDS * 1000)}")
+        finally:
+            self._using.release()
+        if outcomes is None:
+            return False
+        _settle_all(outcomes)
+        return True
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=_BUSY_SECONDS)
@@ -214,6 +250,7 @@ class _ConnectionThread:
             self._error = exc
             self._ready.set()
             return
+        self._conn = conn
         self._ready.set()
         try:
             while True:
@@ -234,11 +271,16 @@ class _ConnectionThread:
                         stop = True
                         break
                     batch += more
-                _answer(self._run_batch(conn, batch, self._synchronous))
+                with self._using:
+                    outcomes = self._run_batch(conn, batch, self._synchronous)
+                assert outcomes is not None  # (None only when told not to wait)
+                _answer(outcomes)
                 if stop:
                     return
         finally:
-            conn.close()
+            with self._using:
+                self._conn = None
+                conn.close()
 
     @staticmethod
     def _run_read(conn: sqlite3.Connection, job: _Job) -> Outcome:
@@ -252,7 +294,11 @@ class _ConnectionThread:
             return job, None, exc
 
     @staticmethod
-    def _run_batch(conn: sqlite3.Connection, batch: list[_Job], synchronous: str) -> list[Outcome]:
+    def _run_batch(
+        conn: sqlite3.Connection, batch: list[_Job], synchronous: str, *, wait: bool = True
+    ) -> list[Outcome] | None:
+        """The batch in one transaction; None (nothing done) if `wait` is False and another
+        connection holds the write lock."""
         outcomes: list[Outcome] = []
         # A batch of writes whose loss is harmless (claims) commits without waiting for the
         # disk; the next durable commit syncs the write-ahead log, so it lands with that.
@@ -260,7 +306,12 @@ class _ConnectionThread:
         if lazy:
             conn.execute("PRAGMA synchronous=NORMAL")
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if not wait and ("locked" in str(exc) or "busy" in str(exc)):
+                    return None
+                raise
             if len(batch) == 1:  # alone in its transaction: no savepoint needed
                 job = batch[0]
                 try:

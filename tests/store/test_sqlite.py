@@ -7,6 +7,7 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from stepstone.store.sqlite import SqliteStore, _use_wal
@@ -90,3 +91,36 @@ async def test_many_processes_open_one_new_file_at_once(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         conn.close()
+
+
+async def test_a_lone_write_runs_on_the_event_loop_thread_and_writes_together_on_the_writer(tmp_path: Path) -> None:
+    store = SqliteStore(f"sqlite:///{tmp_path / 'inline.db'}")
+    await store.open()
+    try:
+        here = threading.get_ident()
+        assert await store._write(lambda conn: threading.get_ident()) == here
+        together = await asyncio.gather(*(store._write(lambda conn: threading.get_ident()) for _ in range(3)))
+        assert len(set(together)) == 1 and together[0] != here
+    finally:
+        await store.close()
+
+
+async def test_a_write_waiting_for_another_process_lock_leaves_the_event_loop_free(tmp_path: Path) -> None:
+    path = tmp_path / "locked.db"
+    store = SqliteStore(f"sqlite:///{path}")
+    await store.open()
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process's writer holds the lock
+        write = asyncio.ensure_future(create(store, "a"))
+        turns = 0
+        for _ in range(20):  # the loop keeps running other tasks meanwhile
+            await asyncio.sleep(0.005)
+            turns += 1
+        assert turns == 20 and not write.done()
+        other.execute("COMMIT")
+        (created,) = await write
+        assert created.id == "a"
+    finally:
+        other.close()
+        await store.close()
