@@ -63,6 +63,8 @@ _CONNECT_TIMEOUT = 10
 """Seconds to wait for a connection, unless the URL sets `connect_timeout`."""
 _WRITE_REFUSED = "SSW01"
 """SQLSTATE of write_refused() (migration 0002): a run's write found its lease lost."""
+_ENDS_THAT_WAKE = ("queued", "waiting")
+"""How a run ends that makes its instance runnable for any worker (so it sends NOTIFY)."""
 _MIGRATION_LOCK = 0x57E9
 """First key of the advisory lock that serializes migrations (second: the schema's hash)."""
 
@@ -513,8 +515,9 @@ class PostgresStore:
         return EventRecord(*rows[0]) if rows else None
 
     async def write(self, run: RunWrite) -> Status:
-        # A step recorded by a run that goes on is one statement (TOUCH_AND_RECORD_STEP).
-        single = run.end is None and len(run.steps) == 1
+        # A step recorded by a run that goes on is one statement (TOUCH_AND_RECORD_STEP), and
+        # so is an end that records no step and wakes no other worker (END_RUN).
+        single = len(run.steps) == 1 if run.end is None else not run.steps and run.end not in _ENDS_THAT_WAKE
         try:
             return await self._write(lambda tx: self._write_run(tx, run), single=single)
         except psycopg.Error as exc:
@@ -536,7 +539,8 @@ class PostgresStore:
             for params in steps:
                 await conn.execute(self._sql(queries.RECORD_STEP), params)
         else:
-            await conn.execute(self._sql(queries.LOCK_LEASED), _fence(run))
+            if steps:  # locked first, so that the fenced step records and the end agree
+                await conn.execute(self._sql(queries.LOCK_LEASED), _fence(run))
             for params in steps:
                 await conn.execute(self._sql(queries.RECORD_STEP), params)
             answer = await conn.execute(
@@ -546,7 +550,7 @@ class PostgresStore:
                     "output": run.output_json, "error": run.error_json,
                 },
             )  # fmt: skip
-            if run.end in ("queued", "waiting"):
+            if run.end in _ENDS_THAT_WAKE:
                 # Runnable again, now or at its timer, for any worker. (A finished or paused
                 # instance gives the others nothing to do: the freed slot is this worker's.)
                 tx.wake_workers()

@@ -243,6 +243,7 @@ WITH current AS (
         WHERE instance_pk = %(pk)s AND consumed_by IS NULL AND type = ANY(%(wait_types)s::text[])
     ) THEN %(now)s ELSE %(wake_at)s::double precision END AS wake_at
     FROM {{s}}.instances WHERE {_LEASED}
+    FOR UPDATE  -- (alone, this statement is its own fence; it then reads the row as last committed)
 ), next AS (
     SELECT pk, wake_at, CASE
         WHEN status = 'waitingForPause' AND %(end)s IN ('waiting', 'queued', 'paused') THEN 'paused'
