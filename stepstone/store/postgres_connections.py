@@ -132,6 +132,8 @@ class GroupCommit:
         self._notify = sql.SQL("NOTIFY {}").format(sql.Identifier(wakeup_channel))
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._committing = False
+        self._conn: Connection | None = None
+        """The connection the writer keeps between batches."""
         self._task = asyncio.create_task(self._main(), name="stepstone-postgres-writer")
 
     def submit(
@@ -159,6 +161,12 @@ class GroupCommit:
         await self._task
 
     async def _main(self) -> None:
+        try:
+            await self._serve()
+        finally:
+            await self._release()
+
+    async def _serve(self) -> None:
         retry: list[_Job] = []
         stopping = False
         while True:
@@ -209,16 +217,36 @@ class GroupCommit:
     async def _on_a_connection(
         self, run: Callable[[Connection, list[_Job]], Awaitable[tuple[list[_Outcome], list[_Job]]]], batch: list[_Job]
     ) -> tuple[list[_Outcome], list[_Job]]:
-        """`run(conn, batch)`; once more on another connection if the first broke before COMMIT."""
+        """`run(conn, batch)`; once more on another connection if the first broke before COMMIT.
+
+        The writer keeps its connection from batch to batch (taking one from the pool and
+        giving it back costs about as much as a step's own work); a broken one goes back
+        to the pool, which replaces it.
+        """
         for attempt in (1, 2):
-            async with self._pool.connection() as conn:
-                try:
-                    return await run(conn, batch)
-                except psycopg.OperationalError:
-                    if attempt == 2 or self._committing or not conn.broken:
-                        raise
+            if self._conn is None:
+                self._conn = await self._pool.getconn()
+            conn = self._conn
+            try:
+                return await run(conn, batch)
+            except psycopg.OperationalError:
+                if conn.broken:
+                    self._conn = None
+                    await self._pool.putconn(conn)
+                if attempt == 2 or self._committing or not conn.broken:
+                    raise
+            except BaseException:
+                if conn.broken or conn.info.transaction_status != TransactionStatus.IDLE:
+                    self._conn = None
+                    await self._pool.putconn(conn)  # the pool rolls back or discards it
+                raise
             await self._pool.check()
         raise AssertionError("unreachable")
+
+    async def _release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._pool.putconn(conn)
 
     async def _pipelined(self, conn: Connection, batch: list[_Job]) -> tuple[list[_Outcome], list[_Job]]:
         """The whole batch in one transaction sent at once. If anything fails it is rolled
