@@ -218,7 +218,7 @@ class Worker:
             horizon = 0.0
             if free > 0:
                 # The claim sees the timers released before it began (and reports the next one).
-                del self._expected[: len(self._expected)]
+                self._expected.clear()
                 try:
                     now = clock.now()
                     horizon = now + CLAIM_AHEAD  # timers due by then are taken now, to fire on time
