@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import select
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -43,6 +44,8 @@ _YIELD_EVERY = 16
 """Jobs a batch sends (or reads the answers of) before it lets the event loop run other
 tasks: a batch of hundreds is milliseconds of Python, and timers falling due meanwhile
 would fire late."""
+_FRESH_TRIES = 3
+"""Connections the writer takes and finds closed before it uses the next one as it is."""
 _MAX_TRIES = 5
 """Attempts of a job that keeps losing deadlocks before its error reaches the caller."""
 _ABANDON = "DO $$ BEGIN RAISE EXCEPTION 'stepstone: batch abandoned before its commit'; END $$"
@@ -224,9 +227,7 @@ class GroupCommit:
         to the pool, which replaces it.
         """
         for attempt in (1, 2):
-            if self._conn is None:
-                self._conn = await self._pool.getconn()
-            conn = self._conn
+            conn = await self._connection()
             try:
                 return await run(conn, batch)
             except psycopg.OperationalError:
@@ -242,6 +243,23 @@ class GroupCommit:
                 raise
             await self._pool.check()
         raise AssertionError("unreachable")
+
+    async def _connection(self) -> Connection:
+        """The connection kept from the last batch, or one from the pool, unless the server
+        closed it meanwhile: a connection cut while idle says so on its socket (the server's
+        farewell, or the end of the stream), and is replaced before anything is sent on it,
+        so that no batch is lost with it."""
+        for _ in range(_FRESH_TRIES):
+            if self._conn is None:
+                self._conn = await self._pool.getconn()
+            if _quiet(self._conn):
+                break
+            conn, self._conn = self._conn, None
+            await conn.close()
+            await self._pool.putconn(conn)  # the pool discards it and opens another
+        else:
+            self._conn = await self._pool.getconn()
+        return self._conn
 
     async def _release(self) -> None:
         conn, self._conn = self._conn, None
@@ -359,6 +377,17 @@ class GroupCommit:
             await _rollback(conn)
             raise
         return outcomes, retry
+
+
+def _quiet(conn: Connection) -> bool:
+    """Whether an idle connection is open and the server has sent nothing on it since."""
+    if conn.closed or conn.broken:
+        return False
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return False
+    return not readable
 
 
 def _is_retryable(exc: BaseException) -> bool:

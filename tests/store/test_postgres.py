@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -35,12 +36,21 @@ def submit(store: PostgresStore, job: Callable[[Tx], Awaitable[Any]]) -> Awaitab
 
 
 def terminate_other_connections(url: str) -> int:
+    """Cut every other connection to the test's database; return once their server
+    processes are gone (pg_terminate_backend only signals them)."""
     with psycopg.connect(url, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        ).fetchall()
-    return len(rows)
+        pids = [
+            pid
+            for pid, _ in conn.execute(
+                "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchall()
+        ]
+        deadline = time.monotonic() + 10
+        while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)).fetchone() != (0,):
+            assert time.monotonic() < deadline, "terminated connections did not go away"
+            time.sleep(0.01)
+    return len(pids)
 
 
 async def until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
