@@ -311,13 +311,11 @@ class Worker:
             self.on_change()
 
     def _after_run(self, ended: Status | None, run: Run | None) -> None:
-        """A run ended `ended` and freed its slot: look for work only if there may be some."""
-        if ended == "waiting" and run is not None and run.wake_at is not None:
-            self.expect(run.wake_at)  # its timer; nothing else became runnable
-            if self._full:
-                self.wake()
-        elif ended in ("complete", "errored", "terminated", "paused"):
-            if self._full:
-                self.wake()
-        else:  # handed back, lease lost, or a failure: look now
+        """A run ended `ended` and freed its slot: look for work only if there may be some
+        (queued work waiting for a slot; its instance handed back, lost, or failed)."""
+        timer = run.wake_at if ended == "waiting" and run is not None else None
+        if timer is not None:
+            self.expect(timer)  # when its instance falls due; nothing else became runnable
+        settled = timer is not None or ended in ("complete", "errored", "terminated", "paused")
+        if self._full or not settled:
             self.wake()

@@ -230,17 +230,12 @@ class GroupCommit:
             conn = await self._connection()
             try:
                 return await run(conn, batch)
-            except psycopg.OperationalError:
-                if conn.broken:
-                    self._conn = None
-                    await self._pool.putconn(conn)
-                if attempt == 2 or self._committing or not conn.broken:
+            except BaseException as exc:
+                broken = conn.broken
+                if broken or conn.info.transaction_status != TransactionStatus.IDLE:
+                    await self._release()  # the pool rolls it back, or discards it
+                if attempt == 2 or self._committing or not broken or not isinstance(exc, psycopg.OperationalError):
                     raise
-            except BaseException:
-                if conn.broken or conn.info.transaction_status != TransactionStatus.IDLE:
-                    self._conn = None
-                    await self._pool.putconn(conn)  # the pool rolls back or discards it
-                raise
             await self._pool.check()
         raise AssertionError("unreachable")
 
@@ -254,9 +249,8 @@ class GroupCommit:
                 self._conn = await self._pool.getconn()
             if _quiet(self._conn):
                 break
-            conn, self._conn = self._conn, None
-            await conn.close()
-            await self._pool.putconn(conn)  # the pool discards it and opens another
+            await self._conn.close()
+            await self._release()  # the pool discards it and opens another
         else:
             self._conn = await self._pool.getconn()
         return self._conn

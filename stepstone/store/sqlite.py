@@ -119,6 +119,11 @@ _BUSY_SECONDS = 60.0
 """How long a connection waits for another process's lock before giving up."""
 
 
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether SQLite refused for a lock another connection holds ("database is locked")."""
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 def _use_wal(conn: sqlite3.Connection, path: str) -> None:
     """Put the file in WAL mode (a lasting property of the file), tolerating other processes
     opening it at the same moment.
@@ -137,7 +142,7 @@ def _use_wal(conn: sqlite3.Connection, path: str) -> None:
                 return
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower()
         except sqlite3.OperationalError as exc:
-            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() >= deadline:
+            if not _is_busy(exc) or time.monotonic() >= deadline:
                 raise
             time.sleep(pause)
             pause = min(pause * 2, 0.1)
@@ -309,7 +314,7 @@ class _ConnectionThread:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
-                if not wait and ("locked" in str(exc) or "busy" in str(exc)):
+                if not wait and _is_busy(exc):
                     return None
                 raise
             if len(batch) == 1:  # alone in its transaction: no savepoint needed
@@ -620,17 +625,25 @@ class SqliteStore:
             picked: list[tuple[int, bool]] = []
             # Waking instances go first, then those whose worker died, then new ones. Each
             # query runs per workflow, so that it walks one index range in order.
-            for sql in (
-                "SELECT wake_at, pk, 1 FROM instances WHERE status = 'waiting' AND workflow = ? AND wake_at <= ? "
-                "ORDER BY wake_at LIMIT ?",
-                "SELECT lease_expires, pk, 1 FROM instances WHERE status = 'running' AND workflow = ? "
-                "AND lease_expires < ? ORDER BY lease_expires LIMIT ?",
-                "SELECT pk, pk, started_at IS NOT NULL FROM instances WHERE status = 'queued' AND workflow = ? "
-                "AND ? IS NOT NULL ORDER BY pk LIMIT ?",
+            for sql, bound in (
+                (
+                    "SELECT wake_at, pk, 1 FROM instances WHERE status = 'waiting' AND workflow = ? "
+                    "AND wake_at <= ? ORDER BY wake_at LIMIT ?",
+                    horizon,
+                ),
+                (
+                    "SELECT lease_expires, pk, 1 FROM instances WHERE status = 'running' AND workflow = ? "
+                    "AND lease_expires < ? ORDER BY lease_expires LIMIT ?",
+                    now,
+                ),
+                (
+                    "SELECT pk, pk, started_at IS NOT NULL FROM instances WHERE status = 'queued' AND workflow = ? "
+                    "AND ? IS NOT NULL ORDER BY pk LIMIT ?",
+                    now,
+                ),
             ):
                 wanted = limit - len(picked)
                 if wanted > 0:
-                    bound = horizon if "wake_at" in sql else now
                     rows = [row for name in names for row in conn.execute(sql, (name, bound, wanted))]
                     picked += [(pk, bool(resumed)) for _, pk, resumed in sorted(rows)[:wanted]]
             # The steps of resumed instances come with the claim: one read, not one per instance.
