@@ -435,20 +435,14 @@ class Run:
                         error, final = exc, True
                 ended = clock.now()
                 if error is None:
-                    attempts.append(Attempt(attempt, began, ended, "ok"))
-                    await self._commit(
-                        [
-                            StepWrite(
-                                key,
-                                "complete",
-                                started_at,
-                                text,
-                                attempts=attempt,
-                                ended_at=ended,
-                                new_attempts=attempts,
-                            )
-                        ]
+                    # A first attempt that succeeds (most steps) needs no attempt log: the
+                    # step's own times are that attempt's (store.base.attempt_log).
+                    if attempt > 1:
+                        attempts.append(Attempt(attempt, began, ended, "ok"))
+                    done = StepWrite(
+                        key, "complete", started_at, text, attempts=attempt, ended_at=ended, new_attempts=attempts
                     )
+                    await self._commit([done])
                     return json.loads(text)
                 error_type, message = error_type_name(error), _printable(str(error))
                 outcome: Outcome = "timeout" if isinstance(error, StepTimeoutError) else "error"

@@ -52,6 +52,7 @@ from stepstone.store.base import (
     StepKey,
     StepRecord,
     StepWrite,
+    attempt_log,
 )
 from stepstone.store.postgres_connections import Connection, GroupCommit, Later, Listener, Tx, one_line
 
@@ -75,11 +76,12 @@ def _instance(row: TupleRow) -> InstanceRecord:
     return InstanceRecord(*row)
 
 
-def _step(row: Sequence[Any], attempt_log: tuple[Attempt, ...] = ()) -> StepRecord:
+def _step(row: Sequence[Any], logged: tuple[Attempt, ...] | None = None) -> StepRecord:
+    """A step from its row; with `logged` (its attempt rows, for `history`) its whole attempt log."""
     seq, kind, name, count, status, result, error_type, error_message, attempts, due_at, started_at, ended_at = row
     return StepRecord(
         StepKey(kind, name, count), status, result, error_type, error_message, attempts, due_at, started_at,
-        ended_at, seq, attempt_log,
+        ended_at, seq, () if logged is None else attempt_log(kind, status, attempts, started_at, ended_at, logged),
     )  # fmt: skip
 
 

@@ -14,7 +14,6 @@ write lock with BEGIN IMMEDIATE, so two processes never claim the same row.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import queue
 import sqlite3
 import threading
@@ -46,6 +45,7 @@ from stepstone.store.base import (
     Status,
     StepKey,
     StepRecord,
+    attempt_log,
     settle,
 )
 
@@ -65,7 +65,8 @@ def _instance(row: sqlite3.Row | tuple[Any, ...]) -> InstanceRecord:
     return InstanceRecord(*row)
 
 
-def _step(row: tuple[Any, ...], attempt_log: tuple[Attempt, ...] = ()) -> StepRecord:
+def _step(row: tuple[Any, ...], logged: tuple[Attempt, ...] | None = None) -> StepRecord:
+    """A step from its row; with `logged` (its attempt rows, for `history`) its whole attempt log."""
     seq, kind, name, count, status, result, error_type, error_message, attempts, due_at, started_at, ended_at = row
     return StepRecord(
         StepKey(kind, name, count),
@@ -78,7 +79,7 @@ def _step(row: tuple[Any, ...], attempt_log: tuple[Attempt, ...] = ()) -> StepRe
         started_at,
         ended_at,
         seq,
-        attempt_log,
+        () if logged is None else attempt_log(kind, status, attempts, started_at, ended_at, logged),
     )
 
 
@@ -155,6 +156,34 @@ def _use_wal(conn: sqlite3.Connection, path: str) -> None:
         return
 
 
+def _begin(conn: sqlite3.Connection, *, wait: bool) -> bool:
+    """BEGIN IMMEDIATE: take the file's write lock, waiting (with a growing pause, up to the
+    busy timeout) while another process holds it; without `wait`, False if it is held."""
+    deadline = time.monotonic() + _BUSY_SECONDS
+    pause = 0.0005
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return True
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+            if not wait:
+                return False
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.02)
+
+
+def _alone(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether nothing else is ready to run in this turn of the loop: then no other write can
+    join one submitted now, and it may run at once. (asyncio's loops keep their ready
+    callbacks in `_ready`; a loop without it is never deemed alone.)"""
+    ready = getattr(loop, "_ready", None)
+    return ready is not None and not ready
+
+
 class _ConnectionThread:
     """A thread owning one connection; runs submitted functions against it in order.
 
@@ -199,20 +228,22 @@ class _ConnectionThread:
     def submit(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
         job = _Job(fn, loop, durable)
-        if self._pending is None:
+        if self._pending is not None:
+            self._pending.append(job)
+        elif self._writer and _alone(loop) and self._run_here(job):
+            pass  # done: the future is settled, so awaiting it does not even yield
+        else:
             self._pending = [job]
             loop.call_soon(self._hand_over)
-        else:
-            self._pending.append(job)
         return job.future
 
     def _hand_over(self) -> None:
         if self._pending is not None:
             jobs, self._pending = self._pending, None
-            if not (self._writer and len(jobs) == 1 and self._run_here(jobs)):
+            if not (self._writer and len(jobs) == 1 and self._run_here(jobs[0])):
                 self._jobs.put(jobs)
 
-    def _run_here(self, jobs: list[_Job]) -> bool:
+    def _run_here(self, job: _Job) -> bool:
         """Run a lone write on this thread if the writer is idle and the file's write lock
         free; False (nothing done) otherwise. Never waits for another process's lock."""
         if not self._using.acquire(blocking=False):
@@ -221,15 +252,7 @@ class _ConnectionThread:
             conn = self._conn
             if conn is None or not self._jobs.empty():
                 return False
-            try:
-                conn.execute("PRAGMA busy_timeout=0")
-            except sqlite3.Error:
-                return False
-            try:
-                outcomes = self._run_batch(conn, jobs, self._synchronous, wait=False)
-            finally:
-                with contextlib.suppress(sqlite3.Error):  # (the outcomes stand either way)
-                    conn.execute(f"PRAGMA busy_timeout={int(_BUSY_SECONDS * 1000)}")
+            outcomes = self._run_batch(conn, [job], self._synchronous, wait=False)
         finally:
             self._using.release()
         if outcomes is None:
@@ -238,7 +261,10 @@ class _ConnectionThread:
         return True
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=_BUSY_SECONDS)
+        # The writer waits for another process's lock itself (_begin), so that a lone write
+        # run on the event loop's thread can give up at once instead.
+        timeout = 0.0 if self._writer else _BUSY_SECONDS
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=timeout)
         try:
             _use_wal(conn, self._path)
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
@@ -311,12 +337,8 @@ class _ConnectionThread:
         if lazy:
             conn.execute("PRAGMA synchronous=NORMAL")
         try:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                if not wait and _is_busy(exc):
-                    return None
-                raise
+            if not _begin(conn, wait=wait):
+                return None
             if len(batch) == 1:  # alone in its transaction: no savepoint needed
                 job = batch[0]
                 try:

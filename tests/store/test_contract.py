@@ -803,6 +803,16 @@ async def test_a_write_records_steps_with_their_attempt_log(store: Store) -> Non
     assert loaded[2].result_json == '"ok"'
 
 
+async def test_a_step_done_at_its_first_attempt_reads_back_with_that_attempt(store: Store) -> None:
+    leased = await start(store, "x")
+    once = StepWrite(StepKey("do", "once", 1), "complete", T0, '"ok"', attempts=1, ended_at=T0 + 0.5)
+    await store.write(RunWrite(leased.pk, leased.token, T0 + 1, steps=[once]))
+    (recorded,) = await store.history(leased.pk)
+    assert recorded.attempt_log == (Attempt(1, T0, T0 + 0.5, "ok"),)
+    (loaded,) = await store.load_steps(leased.pk)
+    assert loaded.attempt_log == ()
+
+
 async def test_values_and_times_survive_the_round_trip_exactly(store: Store) -> None:
     leased = await start(store, "x")
     odd = '{"text": "caf\\u00e9 ☕ \\"quoted\\" %s {s}", "n": 0.1}'

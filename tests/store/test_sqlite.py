@@ -98,8 +98,14 @@ async def test_a_lone_write_runs_on_the_event_loop_thread_and_writes_together_on
     await store.open()
     try:
         here = threading.get_ident()
-        assert await store._write(lambda conn: threading.get_ident()) == here
-        together = await asyncio.gather(*(store._write(lambda conn: threading.get_ident()) for _ in range(3)))
+
+        async def where_written() -> int:
+            return await store._write(lambda conn: threading.get_ident())
+
+        alone = store._write(lambda conn: threading.get_ident())
+        assert alone.done() and alone.result() == here  # done at once: awaiting it does not yield
+        assert await where_written() == here
+        together = await asyncio.gather(*(where_written() for _ in range(3)))  # three tasks, one turn
         assert len(set(together)) == 1 and together[0] != here
     finally:
         await store.close()
