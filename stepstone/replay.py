@@ -152,6 +152,8 @@ class Run:
         self.limits = limits
         self.executor = executor
         self.records = {record.key: record for record in history}
+        self.seqs: dict[StepKey, int] = {}
+        self.next_seq = max((record.seq for record in history), default=0) + 1
         self.step_total = sum(1 for key in self.records if key.kind != "sleep")
         self.counters: dict[tuple[StepKind, str], int] = {}
         self.blocked: dict[StepKey, _Block] = {}
@@ -248,7 +250,7 @@ class Run:
             self.claim.pk,
             self.claim.token,
             clock.now(),
-            self._take_pending() + (steps or []),
+            self._placed(self._take_pending() + (steps or [])),
             end=end,
             wake_at=wake_at,
             output_json=output_json,
@@ -273,13 +275,28 @@ class Run:
             wait_types=sorted({b.wait_type for b in blocks if b.wait_type is not None}),
         )
 
+    def _placed(self, steps: list[StepWrite]) -> list[StepWrite]:
+        """The steps, each given its seq: its record's, or for a step new to the history the
+        next one (a step keeps the seq it was first given in this run)."""
+        for step in steps:
+            seq = self.seqs.get(step.key)
+            if seq is None:
+                record = self.records.get(step.key)
+                if record is not None:
+                    seq = record.seq
+                else:
+                    seq, self.next_seq = self.next_seq, self.next_seq + 1
+                self.seqs[step.key] = seq
+            step.seq = seq
+        return steps
+
     def _take_pending(self) -> list[StepWrite]:
         pending, self.pending = self.pending, []
         return pending
 
     async def _commit(self, steps: list[StepWrite]) -> None:
         """Record steps now, under the lease; stop the run if the lease is gone."""
-        write = RunWrite(self.claim.pk, self.claim.token, clock.now(), self._take_pending() + steps)
+        write = RunWrite(self.claim.pk, self.claim.token, clock.now(), self._placed(self._take_pending() + steps))
         status = await self._guard(self.store.write(write))
         if status == "waitingForPause":
             self.pause_requested = True

@@ -201,6 +201,11 @@ class StepWrite:
     new_attempts: list[Attempt] = field(default_factory=list)
     consume_event: int | None = None
     """seq of a buffered event this step takes (wait_for_event)."""
+    seq: int | None = None
+    """The step's place in its instance's history, if the writer gives it: its record's
+    seq, or for a step not recorded yet one above every seq the run has seen. The SQLite
+    store keys an instance's steps by seq, and so needs no lookup by key when it is
+    given; PostgreSQL numbers steps itself and finds them by key. None: found by key."""
 
 
 RunEnd = Literal["complete", "errored", "waiting", "paused", "queued"]

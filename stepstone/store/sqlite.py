@@ -45,6 +45,7 @@ from stepstone.store.base import (
     Status,
     StepKey,
     StepRecord,
+    StepWrite,
     attempt_log,
     settle,
 )
@@ -517,9 +518,8 @@ class SqliteStore:
         def read(conn: sqlite3.Connection) -> list[StepRecord]:
             log: dict[int, list[Attempt]] = {}
             for seq, *attempt in conn.execute(
-                "SELECT a.step_seq, a.attempt, a.started_at, a.ended_at, a.outcome, a.error_type, a.error_message "
-                "FROM attempts a JOIN steps s ON s.seq = a.step_seq WHERE s.instance_pk = ? "
-                "ORDER BY a.step_seq, a.attempt",
+                "SELECT step_seq, attempt, started_at, ended_at, outcome, error_type, error_message "
+                "FROM attempts WHERE instance_pk = ? ORDER BY step_seq, attempt",
                 (pk,),
             ):
                 log.setdefault(seq, []).append(Attempt(*attempt))
@@ -532,7 +532,8 @@ class SqliteStore:
         def read(conn: sqlite3.Connection) -> list[EventRecord]:
             rows = conn.execute(
                 "SELECT e.seq, e.type, e.payload, e.sent_at, s.kind, s.name, s.count FROM events e "
-                "LEFT JOIN steps s ON s.seq = e.consumed_by WHERE e.instance_pk = ? ORDER BY e.seq",
+                "LEFT JOIN steps s ON s.instance_pk = e.instance_pk AND s.seq = e.consumed_by "
+                "WHERE e.instance_pk = ? ORDER BY e.seq",
                 (pk,),
             )
             return [
@@ -673,7 +674,7 @@ class SqliteStore:
             if steps:
                 for row in conn.execute(
                     f"SELECT instance_pk, {_STEP_COLUMNS} FROM steps WHERE instance_pk IN ({_marks(list(steps))}) "
-                    "ORDER BY seq",
+                    "ORDER BY instance_pk, seq",
                     list(steps),
                 ):
                     steps[row[0]].append(_step(row[1:]))
@@ -841,39 +842,20 @@ def _write_run(conn: sqlite3.Connection, run: RunWrite) -> Status:
         raise LeaseLostError(f"instance {run.pk} is no longer leased with token {run.token}")
     status: str = row[0]
     for step in run.steps:
-        (seq,) = conn.execute(
-            "INSERT INTO steps (instance_pk, kind, name, count, status, result, error_type, error_message, "
-            "attempts, due_at, started_at, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (instance_pk, kind, name, count) DO UPDATE SET status = excluded.status, "
-            "result = excluded.result, error_type = excluded.error_type, error_message = excluded.error_message, "
-            "attempts = excluded.attempts, due_at = excluded.due_at, ended_at = excluded.ended_at RETURNING seq",
-            (
-                run.pk,
-                step.key.kind,
-                step.key.name,
-                step.key.count,
-                step.status,
-                step.result_json,
-                step.error_type,
-                step.error_message,
-                step.attempts,
-                step.due_at,
-                step.started_at,
-                step.ended_at,
-            ),
-        ).fetchone()
+        seq = _record_step(conn, run.pk, step)
         if step.new_attempts:
             conn.executemany(
-                "INSERT OR REPLACE INTO attempts (step_seq, attempt, started_at, ended_at, outcome, error_type, "
-                "error_message) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO attempts (instance_pk, step_seq, attempt, started_at, ended_at, outcome, "
+                "error_type, error_message) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (seq, a.attempt, a.started_at, a.ended_at, a.outcome, a.error_type, a.error_message)
+                    (run.pk, seq, a.attempt, a.started_at, a.ended_at, a.outcome, a.error_type, a.error_message)
                     for a in step.new_attempts
                 ],
             )
         if step.consume_event is not None:
             taken = conn.execute(
-                "UPDATE events SET consumed_by = ? WHERE seq = ? AND consumed_by IS NULL", (seq, step.consume_event)
+                "UPDATE events SET consumed_by = ? WHERE seq = ? AND instance_pk = ? AND consumed_by IS NULL",
+                (seq, step.consume_event, run.pk),
             )
             if taken.rowcount != 1:
                 raise LeaseLostError(f"event {step.consume_event} was taken or removed meanwhile")
@@ -896,3 +878,43 @@ def _write_run(conn: sqlite3.Connection, run: RunWrite) -> Status:
         (new_status, paused_status, wake_at, run.output_json, run.error_json, ended_at, run.now, run.pk),
     )
     return new_status  # type: ignore[return-value]
+
+
+def _record_step(conn: sqlite3.Connection, pk: int, step: StepWrite) -> int:
+    """Insert or update a step's record; its seq. A step whose seq the run gave is written
+    by seq, the primary key (the hot path: no lookup); one without is found by key."""
+    seq = step.seq
+    if seq is None:
+        found = conn.execute(
+            "SELECT seq FROM steps WHERE instance_pk = ? AND kind = ? AND name = ? AND count = ?",
+            (pk, step.key.kind, step.key.name, step.key.count),
+        ).fetchone()
+        if found is None:
+            found = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE instance_pk = ?", (pk,)).fetchone()
+        seq = int(found[0])
+    written = conn.execute(
+        "INSERT INTO steps (instance_pk, seq, kind, name, count, status, result, error_type, error_message, "
+        "attempts, due_at, started_at, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (instance_pk, seq) DO UPDATE SET status = excluded.status, result = excluded.result, "
+        "error_type = excluded.error_type, error_message = excluded.error_message, attempts = excluded.attempts, "
+        "due_at = excluded.due_at, ended_at = excluded.ended_at "
+        "WHERE steps.kind = excluded.kind AND steps.name = excluded.name AND steps.count = excluded.count",
+        (
+            pk,
+            seq,
+            step.key.kind,
+            step.key.name,
+            step.key.count,
+            step.status,
+            step.result_json,
+            step.error_type,
+            step.error_message,
+            step.attempts,
+            step.due_at,
+            step.started_at,
+            step.ended_at,
+        ),
+    )
+    if written.rowcount != 1:
+        raise StepstoneError(f"step {step.key} of instance {pk} was given seq {seq}, which another step has")
+    return seq

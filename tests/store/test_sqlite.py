@@ -1,5 +1,6 @@
 """What only the SQLite store does: claims commit without waiting for the disk; many
-processes may open one file at once."""
+processes may open one file at once; a lone write runs on the event loop's thread; steps are
+kept by (instance, seq), and migration 2 moved what version 1 recorded."""
 
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
+from stepstone.errors import StepstoneError
+from stepstone.store import migrations
+from stepstone.store.base import RunWrite, StepKey, StepWrite
 from stepstone.store.sqlite import SqliteStore, _use_wal
 
 from .support import LEASE, T0, WF, create
@@ -129,4 +135,93 @@ async def test_a_write_waiting_for_another_process_lock_leaves_the_event_loop_fr
         assert created.id == "a"
     finally:
         other.close()
+        await store.close()
+
+
+async def test_a_version_1_database_keeps_its_steps_attempts_and_events_through_migration_2(tmp_path: Path) -> None:
+    """Version 2 stores an instance's steps together, keyed by (instance, seq): what version 1
+    recorded survives the move, and the instance goes on from where it was."""
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    first = migrations.load("sqlite")[0]
+    assert first.version == 1
+    for statement in first.sql.split(";\n"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    conn.execute("INSERT INTO schema_version VALUES (1)")
+    for pk, name in ((1, "a"), (2, "b")):
+        conn.execute(
+            "INSERT INTO instances (pk, workflow, id, status, params, created_at, updated_at) "
+            "VALUES (?, ?, ?, 'queued', '{}', ?, ?)",
+            (pk, WF, name, T0, T0),
+        )
+    # Global seqs, interleaved between the two instances, as version 1 gave them.
+    for seq, pk, kind, step, status in (
+        (1, 1, "do", "first", "complete"),
+        (2, 2, "do", "other", "complete"),
+        (3, 1, "do", "flaky", "complete"),
+        (4, 1, "wait_for_event", "approval", "complete"),
+        (5, 1, "sleep", "nap", "waiting"),
+    ):
+        conn.execute(
+            "INSERT INTO steps (seq, instance_pk, kind, name, count, status, result, attempts, started_at) "
+            "VALUES (?, ?, ?, ?, 1, ?, '1', 1, ?)",
+            (seq, pk, kind, step, status, T0 + seq),
+        )
+    conn.execute("INSERT INTO attempts VALUES (3, 1, ?, ?, 'error', 'ValueError', 'boom')", (T0, T0 + 1))
+    conn.execute("INSERT INTO attempts VALUES (3, 2, ?, ?, 'ok', NULL, NULL)", (T0 + 2, T0 + 3))
+    conn.execute(
+        "INSERT INTO events (seq, instance_pk, type, payload, sent_at, consumed_by) VALUES (7, 1, 'ok', '1', ?, 4)",
+        (T0,),
+    )
+    conn.execute("INSERT INTO events (seq, instance_pk, type, payload, sent_at) VALUES (8, 1, 'ok', '2', ?)", (T0,))
+    conn.close()
+
+    store = SqliteStore(f"sqlite:///{path}")
+    await store.open()
+    try:
+        history = await store.history(1)
+        assert [(s.key.name, s.seq) for s in history] == [("first", 1), ("flaky", 3), ("approval", 4), ("nap", 5)]
+        assert [a.outcome for a in history[1].attempt_log] == ["error", "ok"]
+        assert [(s.key.name, s.seq) for s in await store.history(2)] == [("other", 2)]
+        events = await store.events(1)
+        assert [(e.seq, e.consumed_by) for e in events] == [(7, StepKey("wait_for_event", "approval", 1)), (8, None)]
+        assert await store.send_event(WF, "a", "ok", "3", T0) == 9  # event numbers go on
+
+        (claim,) = (await store.claim("w1", [WF], 1, T0 + 10, T0 + 10 + LEASE)).claims
+        assert claim.id == "a"
+        later = StepWrite(StepKey("do", "later", 1), "complete", T0 + 11, "2", attempts=1, ended_at=T0 + 11)
+        await store.write(RunWrite(claim.pk, claim.token, T0 + 11, steps=[later]))  # no seq given: found by key
+        assert [(s.key.name, s.seq) for s in await store.history(1)][-1] == ("later", 6)
+
+        await store.control(WF, "a", "restart", T0 + 12, from_step=StepKey("wait_for_event", "approval", 1))
+        assert [s.key.name for s in await store.history(1)] == ["first", "flaky"]
+        assert [e.seq for e in await store.events(1)] == [8, 9]  # the event that step took went with it
+        await store.delete(WF, "a")
+        check = sqlite3.connect(path)
+        try:
+            assert check.execute("SELECT count(*) FROM attempts").fetchone() == (0,)
+            assert check.execute("SELECT count(*) FROM steps").fetchone() == (1,)
+            assert check.execute("PRAGMA foreign_key_check").fetchall() == []
+            assert check.execute("SELECT max(version) FROM schema_version").fetchone() == (2,)
+        finally:
+            check.close()
+    finally:
+        await store.close()
+
+
+async def test_a_step_given_the_seq_of_another_step_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    store = SqliteStore(f"sqlite:///{tmp_path / 'seq.db'}")
+    await store.open()
+    try:
+        await create(store, "a")
+        (claim,) = (await store.claim("w1", [WF], 1, T0, T0 + LEASE)).claims
+        one = StepWrite(StepKey("do", "one", 1), "complete", T0, "1", attempts=1, ended_at=T0, seq=1)
+        await store.write(RunWrite(claim.pk, claim.token, T0, steps=[one]))
+        two = StepWrite(StepKey("do", "two", 1), "complete", T0, "2", attempts=1, ended_at=T0, seq=1)
+        with pytest.raises(StepstoneError, match="seq 1"):
+            await store.write(RunWrite(claim.pk, claim.token, T0, steps=[two]))
+        assert [(s.key.name, s.result_json) for s in await store.history(claim.pk)] == [("one", "1")]
+    finally:
         await store.close()
