@@ -52,10 +52,19 @@ from stepstone.store.base import (
 
 T = TypeVar("T")
 
-_INSTANCE_COLUMNS = (
+# An instance's last update: a write that only adds steps leaves the instance's row alone
+# (one page less to commit per step), so its newest step, found by the primary key, may
+# be later than its updated_at.
+_LAST_UPDATE = (
+    "max(updated_at, coalesce((SELECT recorded_at FROM steps WHERE steps.instance_pk = instances.pk "
+    "ORDER BY seq DESC LIMIT 1), updated_at))"
+)
+_NEW_INSTANCE_COLUMNS = (
     "pk, workflow, id, status, params, output, error, created_at, updated_at, wake_at, paused_status, "
     "started_at, ended_at, lease_expires"
 )
+"""An instance's columns as an InstanceRecord takes them, for one just created (no steps)."""
+_INSTANCE_COLUMNS = _NEW_INSTANCE_COLUMNS.replace("updated_at", _LAST_UPDATE)
 _STEP_COLUMNS = (
     "seq, kind, name, count, status, result, error_type, error_message, attempts, due_at, started_at, ended_at"
 )
@@ -475,7 +484,7 @@ class SqliteStore:
                     row = conn.execute(
                         "INSERT INTO instances (workflow, id, status, params, created_at, updated_at, started_at, "
                         "lease_owner, lease_expires, lease_token) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                        f"RETURNING {_INSTANCE_COLUMNS}",
+                        f"RETURNING {_NEW_INSTANCE_COLUMNS}",
                         (workflow, instance_id, "queued" if taken is None else "running", params_json, now, now,
                          taken and now, taken and taken.worker_id, taken and taken.until,
                          0 if taken is None else FIRST_TOKEN),
@@ -832,17 +841,18 @@ def _discard_history(conn: sqlite3.Connection, pk: int, from_step: StepKey | Non
 
 def _write_run(conn: sqlite3.Connection, run: RunWrite) -> Status:
     # The token names this lease; a lease given up (the run ended, a pause took effect) has no owner.
-    # Touching the row checks the fence and reads the status in one statement.
+    # The write lock is held (BEGIN IMMEDIATE), so reading the fence is enough.
     row = conn.execute(
-        "UPDATE instances SET updated_at = ? WHERE pk = ? AND lease_token = ? AND lease_owner IS NOT NULL "
-        "RETURNING status",
-        (run.now, run.pk, run.token),
+        "SELECT status FROM instances WHERE pk = ? AND lease_token = ? AND lease_owner IS NOT NULL",
+        (run.pk, run.token),
     ).fetchone()
     if row is None:
         raise LeaseLostError(f"instance {run.pk} is no longer leased with token {run.token}")
     status: str = row[0]
+    touch = not run.steps
     for step in run.steps:
-        seq = _record_step(conn, run.pk, step)
+        seq, added = _record_step(conn, run.pk, step, run.now)
+        touch = touch or not added
         if step.new_attempts:
             conn.executemany(
                 "INSERT OR REPLACE INTO attempts (instance_pk, step_seq, attempt, started_at, ended_at, outcome, "
@@ -859,6 +869,9 @@ def _write_run(conn: sqlite3.Connection, run: RunWrite) -> Status:
             )
             if taken.rowcount != 1:
                 raise LeaseLostError(f"event {step.consume_event} was taken or removed meanwhile")
+    if run.end is None and touch:
+        # A write that only adds steps is dated by them (_LAST_UPDATE); any other moves updated_at.
+        conn.execute("UPDATE instances SET updated_at = ? WHERE pk = ?", (run.now, run.pk))
     if run.end is None:
         return status  # type: ignore[return-value]
     wake_at = run.wake_at
@@ -880,9 +893,26 @@ def _write_run(conn: sqlite3.Connection, run: RunWrite) -> Status:
     return new_status  # type: ignore[return-value]
 
 
-def _record_step(conn: sqlite3.Connection, pk: int, step: StepWrite) -> int:
-    """Insert or update a step's record; its seq. A step whose seq the run gave is written
-    by seq, the primary key (the hot path: no lookup); one without is found by key."""
+_STEP_FIELDS = (
+    "instance_pk, seq, kind, name, count, status, result, error_type, error_message, attempts, due_at, "
+    "started_at, ended_at, recorded_at"
+)
+_ADD_STEP = f"INSERT INTO steps ({_STEP_FIELDS}) VALUES ({_marks(_STEP_FIELDS.split(','))}) ON CONFLICT DO NOTHING"
+
+
+def _step_values(pk: int, seq: int, step: StepWrite, now: float) -> tuple[Any, ...]:
+    """A step record's values, in the order of _STEP_FIELDS."""
+    key = step.key
+    return (
+        pk, seq, key.kind, key.name, key.count, step.status, step.result_json, step.error_type, step.error_message,
+        step.attempts, step.due_at, step.started_at, step.ended_at, now,
+    )  # fmt: skip
+
+
+def _record_step(conn: sqlite3.Connection, pk: int, step: StepWrite, now: float) -> tuple[int, bool]:
+    """Insert or update a step's record: (its seq, whether it was added). A step whose seq
+    the run gave is written by seq, the primary key (the hot path, a new step: one INSERT);
+    one without is found by key."""
     seq = step.seq
     if seq is None:
         found = conn.execute(
@@ -892,29 +922,18 @@ def _record_step(conn: sqlite3.Connection, pk: int, step: StepWrite) -> int:
         if found is None:
             found = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE instance_pk = ?", (pk,)).fetchone()
         seq = int(found[0])
-    written = conn.execute(
-        "INSERT INTO steps (instance_pk, seq, kind, name, count, status, result, error_type, error_message, "
-        "attempts, due_at, started_at, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (instance_pk, seq) DO UPDATE SET status = excluded.status, result = excluded.result, "
-        "error_type = excluded.error_type, error_message = excluded.error_message, attempts = excluded.attempts, "
-        "due_at = excluded.due_at, ended_at = excluded.ended_at "
-        "WHERE steps.kind = excluded.kind AND steps.name = excluded.name AND steps.count = excluded.count",
+    kind, name, count = step.key.kind, step.key.name, step.key.count
+    added = conn.execute(_ADD_STEP, _step_values(pk, seq, step, now)).rowcount
+    if added == 1:
+        return seq, True
+    updated = conn.execute(
+        "UPDATE steps SET status = ?, result = ?, error_type = ?, error_message = ?, attempts = ?, due_at = ?, "
+        "ended_at = ?, recorded_at = ? WHERE instance_pk = ? AND seq = ? AND kind = ? AND name = ? AND count = ?",
         (
-            pk,
-            seq,
-            step.key.kind,
-            step.key.name,
-            step.key.count,
-            step.status,
-            step.result_json,
-            step.error_type,
-            step.error_message,
-            step.attempts,
-            step.due_at,
-            step.started_at,
-            step.ended_at,
+            step.status, step.result_json, step.error_type, step.error_message, step.attempts, step.due_at,
+            step.ended_at, now, pk, seq, kind, name, count,
         ),
-    )
-    if written.rowcount != 1:
+    ).rowcount  # fmt: skip
+    if updated != 1:
         raise StepstoneError(f"step {step.key} of instance {pk} was given seq {seq}, which another step has")
-    return seq
+    return seq, False

@@ -2,12 +2,15 @@
 --
 -- A step record is the write on the hot path: one commit per step. Version 1 kept
 -- steps in one table numbered across all instances (AUTOINCREMENT), with a unique
--- index on the step key, so that each step record changed four pages: the table, the
--- index, sqlite_sequence and the instance. Now `steps` is clustered by
--- (instance_pk, seq), seq numbering an instance's steps in the order they were first
--- recorded (the run that records a step gives its seq; the step key stays unique
--- because a run gives each key one seq): a step record changes the table's page and the
--- instance's. Attempts and events refer to a step by (instance_pk, seq).
+-- index on the step key, and touched the instance's updated_at, so that each step
+-- record changed four pages: the table, the index, sqlite_sequence and the instance.
+-- Now `steps` is clustered by (instance_pk, seq), seq numbering an instance's steps in
+-- the order they were first recorded (the run that records a step gives its seq; the
+-- step key stays unique because a run gives each key one seq), and a new step record
+-- leaves the instance's row alone: the instance's last update is the later of its
+-- updated_at and its newest step's recorded_at (a write that changes an older step
+-- touches updated_at). So a step record changes one page, as a bare INSERT does.
+-- Attempts and events refer to a step by (instance_pk, seq).
 --
 -- Each old seq is kept as is: it is unique, and in order within each instance. The old
 -- tables are renamed (SQLite rewrites the references to them), copied and dropped,
@@ -33,6 +36,7 @@ CREATE TABLE steps (
     due_at        REAL,
     started_at    REAL NOT NULL,
     ended_at      REAL,
+    recorded_at   REAL NOT NULL,
     PRIMARY KEY (instance_pk, seq)
 ) WITHOUT ROWID;
 
@@ -60,9 +64,9 @@ CREATE TABLE events (
 );
 
 INSERT INTO steps (instance_pk, seq, kind, name, count, status, result, error_type, error_message, attempts,
-    due_at, started_at, ended_at)
+    due_at, started_at, ended_at, recorded_at)
 SELECT instance_pk, seq, kind, name, count, status, result, error_type, error_message, attempts,
-    due_at, started_at, ended_at
+    due_at, started_at, ended_at, coalesce(ended_at, started_at)
 FROM steps_v1;
 
 INSERT INTO attempts (instance_pk, step_seq, attempt, started_at, ended_at, outcome, error_type, error_message)
