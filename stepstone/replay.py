@@ -21,7 +21,7 @@ import functools
 import inspect
 import json
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -95,21 +95,67 @@ class _Block:
     wakeup: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
-_wants_ctx_cache: dict[object, bool] = {}
+def _wake(wakeup: asyncio.Future[None]) -> None:
+    if not wakeup.done():
+        wakeup.set_result(None)
 
 
-def _wants_ctx(fn: Callable[..., Any]) -> bool:
-    """Whether a step function takes the `ctx` keyword argument."""
+_call_kinds: dict[object, tuple[bool, bool]] = {}
+
+
+def _call_kind(fn: Callable[..., Any]) -> tuple[bool, bool]:
+    """Whether a step function takes the `ctx` keyword argument, and whether it is a
+    coroutine function (cached by code object: a step's function is usually a new closure
+    on every run)."""
     code = getattr(getattr(fn, "__func__", fn), "__code__", None)
-    if code is not None and code in _wants_ctx_cache:
-        return _wants_ctx_cache[code]
-    try:
-        wants = "ctx" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        wants = False
     if code is not None:
-        _wants_ctx_cache[code] = wants
-    return wants
+        kind = _call_kinds.get(code)
+        if kind is not None:
+            return kind
+    try:
+        wants_ctx = "ctx" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        wants_ctx = False
+    kind = (wants_ctx, inspect.iscoroutinefunction(fn))
+    if code is not None:
+        _call_kinds[code] = kind
+    return kind
+
+
+class _Started:
+    """The rest of a coroutine already run up to its first wait: awaiting this goes on
+    from there exactly as `await coro` would have (what the coroutine yielded, the
+    event loop's answers, a cancellation thrown in).
+
+    A step's coroutine runs this way so that its timeout timer is set only if it waits:
+    most step bodies that are coroutines never do, and a timeout could not interrupt
+    them anyway (it cancels at a wait).
+    """
+
+    __slots__ = ("_coro", "_yielded")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
+        self._coro = coro
+        self._yielded = yielded
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, message = self._coro, self._yielded
+        while True:
+            try:
+                answer = yield message
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:
+                try:
+                    message = coro.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    message = coro.send(answer)
+                except StopIteration as done:
+                    return done.value
 
 
 def _printable(message: str) -> str:
@@ -344,16 +390,17 @@ class Run:
         block = _Block(wake_at, write, wait_type, recorded)
         self.blocked[key] = block
         self._maybe_suspend()
-        suspended = False
+        timer = None
+        if wake_at is not None:
+            timer = asyncio.get_running_loop().call_later(max(0.0, wake_at - clock.now()), _wake, block.wakeup)
         try:
-            timeout = None if wake_at is None else max(0.0, wake_at - clock.now())
-            await asyncio.wait([block.wakeup], timeout=timeout)
+            await block.wakeup  # woken (a timer, a poke), or Suspend raised here
         finally:
+            if timer is not None:
+                timer.cancel()
             self.blocked.pop(key, None)
-            # Read the outcome even when cancelled, so that no Suspend goes unretrieved.
-            suspended = block.wakeup.done() and block.wakeup.exception() is not None
-        if suspended:
-            raise Suspend
+            if block.wakeup.done() and not block.wakeup.cancelled():
+                block.wakeup.exception()  # read, so that a Suspend met by a cancellation is not reported unread
         self._maybe_suspend()  # the other branches may wait long: suspend if this one ends here
 
     def _maybe_suspend(self, turn: int = 0) -> None:
@@ -434,13 +481,12 @@ class Run:
             if self.pause_requested:
                 await self._block(key, None, None)
             attempt += 1
-            ctx = StepContext(StepInfo(key.name, key.count), attempt, config)
             with self._busy():
                 began = clock.now()
                 error: Exception | None = None
                 final = False
                 try:
-                    value = await self._attempt(fn, ctx)
+                    value = await self._attempt(fn, key, attempt, config)
                 except Exception as exc:
                     error = exc
                     final = isinstance(exc, NonRetryableError) or attempt > config.retries.limit
@@ -478,22 +524,33 @@ class Run:
                 write = StepWrite(key, "waiting", started_at, None, error_type, message, attempt, due, None, attempts)
                 await self._block(key, due, write)
 
-    async def _attempt(self, fn: Callable[..., Any], ctx: StepContext) -> Any:
-        call = functools.partial(fn, ctx=ctx) if _wants_ctx(fn) else fn
-        timeout = ctx.config.timeout.total_seconds()
+    async def _attempt(self, fn: Callable[..., Any], key: StepKey, attempt: int, config: StepConfig) -> Any:
+        wants_ctx, is_coroutine = _call_kind(fn)
+        call = fn
+        if wants_ctx:
+            call = functools.partial(fn, ctx=StepContext(StepInfo(key.name, key.count), attempt, config))
+        timeout = config.timeout.total_seconds()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        limit: asyncio.Timeout | None = None
         try:
-            async with asyncio.timeout(timeout) as deadline:
-                if inspect.iscoroutinefunction(fn):
-                    return await call()
-                loop = asyncio.get_running_loop()
+            if is_coroutine:
+                coro = call()
+                try:
+                    yielded = coro.send(None)
+                except StopIteration as done:
+                    return done.value  # it ended without waiting: no timer was needed
+                async with asyncio.timeout_at(deadline) as limit:
+                    return await _Started(coro, yielded)
+            async with asyncio.timeout_at(deadline) as limit:
                 result = await loop.run_in_executor(self.executor, contextvars.copy_context().run, call)
                 if inspect.isawaitable(result):
                     result = await result
                 return result
         except TimeoutError:
-            if deadline.expired():
+            if limit is not None and limit.expired():
                 raise StepTimeoutError(
-                    f"step {ctx.step.name!r} attempt {ctx.attempt} ran over its timeout of {timeout:g} s"
+                    f"step {key.name!r} attempt {attempt} ran over its timeout of {timeout:g} s"
                 ) from None
             raise
 

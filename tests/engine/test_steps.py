@@ -480,3 +480,33 @@ async def test_result_over_the_size_limit_fails_the_step_with_limit_exceeded_and
     st = await finish(await engine.workflow(Oversize).create())
     assert st.output == ["big", "stepstone.LimitExceededError"]
     assert calls.count("big") == 1
+
+
+async def test_an_async_step_goes_on_from_each_of_its_waits_as_a_plain_await_would(start_engine: StartEngine) -> None:
+    """A coroutine step runs up to its first wait before its timeout timer is set; from
+    there each wait (a bare yield, a timer, a future, a cancellation caught inside) goes
+    on as usual."""
+    seen: list[str] = []
+
+    class Waits(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            async def body() -> int:
+                seen.append("start")
+                await asyncio.sleep(0)
+                seen.append("yielded")
+                await asyncio.sleep(0.01)
+                loop = asyncio.get_running_loop()
+                answer: asyncio.Future[int] = loop.create_future()
+                loop.call_later(0.01, answer.set_result, 7)
+                value = await answer
+                try:
+                    await asyncio.wait_for(asyncio.sleep(10), 0.01)
+                except TimeoutError:
+                    seen.append("inner timeout")
+                return value
+
+            return await step.do("waits", body, timeout="5 seconds")
+
+    st = await run_once(start_engine, Waits)
+    assert (st.status, st.output) == ("complete", 7)
+    assert seen == ["start", "yielded", "inner timeout"]
