@@ -106,9 +106,11 @@ def timers(url: str, params: dict[str, Any]) -> Result:
     wf = launch(url)
     for _ in range(params["reps"]):
         handles = [DBOS.start_workflow(wf.sleeper, params["seconds"]) for _ in range(params["instances"])]
+        # Every workflow ends before any history is read: reads must not load the
+        # process while the timers fire.
+        results = [handle.get_result() for handle in handles]
         lateness = []
-        for handle in handles:
-            started = handle.get_result()
+        for handle, started in zip(handles, results, strict=True):
             (due,) = [
                 s["output"] for s in DBOS.list_workflow_steps(handle.workflow_id) if s["function_name"] == "DBOS.sleep"
             ]

@@ -93,9 +93,11 @@ async def timers(url: str, params: dict[str, Any]) -> Result:
             batch = await handle.create_batch(
                 [{"params": {"seconds": params["seconds"]}} for _ in range(params["instances"])]
             )
+            # Every instance ends before any history is read: reads must not load the
+            # process while the timers fire.
+            statuses = await asyncio.gather(*(instance.wait(timeout=60 + params["seconds"]) for instance in batch))
             lateness = []
-            for instance in batch:
-                status = await instance.wait(timeout=60 + params["seconds"])
+            for instance, status in zip(batch, statuses, strict=True):
                 if status.status != "complete":
                     raise RuntimeError(f"instance ended {status.status}: {status.error}")
                 detail = await instance.describe()
