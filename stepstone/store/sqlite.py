@@ -9,6 +9,9 @@ Each store object keeps two threads, each with its own connection: a writer, whi
 runs every write and groups the writes that queue up meanwhile into one transaction
 (group commit: one fsync for many steps), and a reader. Writes take the database
 write lock with BEGIN IMMEDIATE, so two processes never claim the same row.
+
+An instance's steps are stored together, keyed by (instance_pk, seq), with no other
+index (schema version 2): recording a new step changes one page, as a bare INSERT does.
 """
 
 from __future__ import annotations
@@ -204,10 +207,12 @@ class _ConnectionThread:
     one event loop at a time.
 
     A lone write, when the writing thread is idle and no other process holds the file's
-    write lock, runs at once on the event loop's thread instead: handing it over and
-    back costs two thread switches and a wakeup of the loop, more than the commit
-    itself. That is the sequential case (one instance, step after step). Writes that
-    come several to a turn, as under load, still go to the thread and share commits.
+    write lock, runs on the event loop's thread instead: handing it over and back costs
+    two thread switches and a wakeup of the loop, more than the commit itself. If nothing
+    else is ready to run on the loop (no other write can join it in this turn), it runs
+    in `submit` itself, and its caller's `await` does not even yield. That is the
+    sequential case (one instance, step after step). Writes that come several to a
+    turn, as under load, still go to the thread and share commits.
     """
 
     def __init__(self, path: str, synchronous: str, *, writer: bool, name: str) -> None:
