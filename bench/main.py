@@ -110,8 +110,16 @@ def plan(args: argparse.Namespace) -> list[Job]:
         for store in args.stores:
             params = {k: v for k, v in sizes[scenario].items() if k not in STORES}
             params.update(sizes[scenario].get(store, {}))
+            # SQLite's faster mode, benchmarked apart: the limit and stepstone's throughput.
+            normal = (
+                [Job(scenario, "stepstone" if scenario != "raw" else "raw", store,
+                     {**params, "synchronous": "NORMAL"}, "synchronous=NORMAL: ")]
+                if store == "sqlite" and scenario in ("raw", "sequential", "concurrent") and
+                ("stepstone" in args.systems or scenario == "raw")
+                else []
+            )  # fmt: skip
             if scenario == "raw":
-                jobs.append(Job(scenario, "raw", store, params))
+                jobs += [Job(scenario, "raw", store, params), *normal]
                 continue
             for system in args.systems:
                 if scenario == "events":
@@ -120,6 +128,7 @@ def plan(args: argparse.Namespace) -> list[Job]:
                         jobs.append(Job(scenario, system, store, {**params, "cross_process": False}, "one process: "))
                 else:
                     jobs.append(Job(scenario, system, store, params))
+            jobs += normal if scenario != "raw" else []
     return jobs
 
 

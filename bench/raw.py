@@ -16,12 +16,12 @@ from bench.common import Result, log, sqlite_path, store_of
 PAYLOAD = '{"step": 1, "ok": true}'
 
 
-def _sqlite_writer(path: str, start_at: float, seconds: float, counts: Any) -> None:
+def _sqlite_writer(path: str, start_at: float, seconds: float, counts: Any, synchronous: str = "FULL") -> None:
     import sqlite3
 
     conn = sqlite3.connect(path, isolation_level=None, timeout=60.0)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=60000")
     time.sleep(max(0.0, start_at - time.time()))
     end = time.perf_counter() + seconds
@@ -35,7 +35,7 @@ def _sqlite_writer(path: str, start_at: float, seconds: float, counts: Any) -> N
     counts.put(done)
 
 
-def _pg_writer(url: str, start_at: float, seconds: float, counts: Any) -> None:
+def _pg_writer(url: str, start_at: float, seconds: float, counts: Any, synchronous: str = "") -> None:
     import psycopg
 
     with psycopg.connect(url) as conn:
@@ -80,9 +80,8 @@ def run(url: str, params: dict[str, Any]) -> Result:
             counts = context.Queue()
             start_at = time.time() + 0.15
             length = seconds if rep > 0 else seconds / 2
-            procs = [
-                context.Process(target=writer, args=(target, start_at, length, counts)) for _ in range(connections)
-            ]
+            args = (target, start_at, length, counts, params.get("synchronous", "FULL"))
+            procs = [context.Process(target=writer, args=args) for _ in range(connections)]
             for proc in procs:
                 proc.start()
             total = sum(counts.get(timeout=length + 60) for _ in procs)

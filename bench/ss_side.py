@@ -23,6 +23,11 @@ def _ms(seconds: float) -> float:
     return seconds * 1000.0
 
 
+def _options(params: dict[str, Any]) -> dict[str, Any]:
+    """Store options a variant of a scenario asks for (`synchronous` on SQLite)."""
+    return {"synchronous": params["synchronous"]} if "synchronous" in params else {}
+
+
 # -- sequential ---------------------------------------------------------------------------
 
 
@@ -43,7 +48,7 @@ async def _sequential_batch(engine: Engine, steps: int, count: int, cap: float) 
 
 async def sequential(url: str, params: dict[str, Any]) -> Result:
     result = Result()
-    async with Engine(url, workflows=WORKFLOWS) as engine:
+    async with Engine(url, workflows=WORKFLOWS, **_options(params)) as engine:
         await _sequential_batch(engine, 1, params["warmup"], 30)
         await _sequential_batch(engine, 10, params["warmup"], 30)
         for _ in range(params["reps"]):
@@ -66,7 +71,7 @@ async def sequential(url: str, params: dict[str, Any]) -> Result:
 async def concurrent(url: str, params: dict[str, Any]) -> Result:
     result = Result()
     instances, steps = params["instances"], params["steps"]
-    async with Engine(url, workflows=WORKFLOWS) as engine:
+    async with Engine(url, workflows=WORKFLOWS, **_options(params)) as engine:
         handle = engine.workflow(Steps)
         for rep in range(params["reps"] + 1):  # the first round warms up
             began = time.perf_counter()
