@@ -194,45 +194,39 @@ WITH touched AS (UPDATE {{s}}.instances SET updated_at = %(now)s WHERE {_LEASED}
 SELECT coalesce((SELECT status FROM touched), {_REFUSE_LOST})
 """
 
-# One statement records every step of a write: each upserted by key, its attempts
-# appended, its event taken (and the statement fails if that event is gone). The steps
-# travel as one JSON array (`ord` keeps their order, which numbers the new ones).
-# `{leased}` finds the instance if the lease holds; for a run that goes on, it also
-# touches the instance (its updated_at).
-_RECORD_STEPS = """
-WITH leased AS ({leased}), given AS (
-    SELECT * FROM json_to_recordset(%(steps)s::json) AS g (ord integer, kind text, name text, count integer,
-        status text, result text, error_type text, error_message text, attempts integer, due_at double precision,
-        started_at double precision, ended_at double precision, consume_event bigint, attempts_log json)
-), step AS (
+# One statement per step: upsert it by key, append its attempts, take its event (and
+# fail if that event is gone). `{leased}` finds the instance if the lease holds; for the
+# first step of a run that goes on, it also touches the instance (its updated_at).
+_RECORD_STEP = """
+WITH leased AS ({leased}), step AS (
     INSERT INTO {s}.steps (instance_pk, kind, name, count, status, result, error_type, error_message, attempts,
         due_at, started_at, ended_at)
-    SELECT leased.pk, g.kind, g.name, g.count, g.status, g.result, g.error_type, g.error_message, g.attempts,
-        g.due_at, g.started_at, g.ended_at
-    FROM leased, given g ORDER BY g.ord
+    SELECT pk, %(kind)s::text, %(name)s::text, %(count)s::integer, %(status)s::text, %(result)s::text,
+        %(error_type)s::text, %(error_message)s::text, %(attempts)s::integer, %(due_at)s::double precision,
+        %(started_at)s::double precision, %(ended_at)s::double precision
+    FROM leased
     ON CONFLICT (instance_pk, kind, name, count) DO UPDATE SET status = excluded.status, result = excluded.result,
         error_type = excluded.error_type, error_message = excluded.error_message, attempts = excluded.attempts,
         due_at = excluded.due_at, ended_at = excluded.ended_at
-    RETURNING seq, kind, name, count
+    RETURNING seq
 ), logged AS (
     INSERT INTO {s}.attempts (step_seq, attempt, started_at, ended_at, outcome, error_type, error_message)
     SELECT step.seq, a.attempt, a.started_at, a.ended_at, a.outcome, a.error_type, a.error_message
-    FROM step JOIN given g USING (kind, name, count),
-        json_to_recordset(g.attempts_log) AS a (attempt integer, started_at double precision,
+    FROM step, json_to_recordset(%(attempts_log)s::json) AS a (attempt integer, started_at double precision,
         ended_at double precision, outcome text, error_type text, error_message text)
     ON CONFLICT (step_seq, attempt) DO UPDATE SET started_at = excluded.started_at, ended_at = excluded.ended_at,
         outcome = excluded.outcome, error_type = excluded.error_type, error_message = excluded.error_message
 ), taken AS (
-    UPDATE {s}.events SET consumed_by = step.seq FROM step JOIN given g USING (kind, name, count)
-    WHERE events.seq = g.consume_event AND events.consumed_by IS NULL
+    UPDATE {s}.events SET consumed_by = step.seq FROM step
+    WHERE events.seq = %(consume_event)s::bigint AND events.consumed_by IS NULL
     RETURNING events.seq
 )
 SELECT coalesce((SELECT status FROM leased), {refuse_lost}),
-    CASE WHEN (SELECT count(*) FROM taken) <> (SELECT count(consume_event) FROM given)
+    CASE WHEN %(consume_event)s::bigint IS NOT NULL AND (SELECT count(*) FROM taken) <> 1
         THEN {s}.write_refused(%(pk)s, 'the event its step takes was taken or removed meanwhile') END
 """.replace("{refuse_lost}", _REFUSE_LOST)
-RECORD_STEPS = _RECORD_STEPS.replace("{leased}", f"SELECT pk, status FROM {{s}}.instances WHERE {_LEASED}")
-TOUCH_AND_RECORD_STEPS = _RECORD_STEPS.replace(
+RECORD_STEP = _RECORD_STEP.replace("{leased}", f"SELECT pk, status FROM {{s}}.instances WHERE {_LEASED}")
+TOUCH_AND_RECORD_STEP = _RECORD_STEP.replace(
     "{leased}", f"UPDATE {{s}}.instances SET updated_at = %(now)s WHERE {_LEASED} RETURNING pk, status"
 )
 
