@@ -141,6 +141,9 @@ class Worker:
     def wake(self) -> None:
         """Something may have become runnable: look now."""
         self._woken = True
+        self._interrupt_sleep()
+
+    def _interrupt_sleep(self) -> None:
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
 
@@ -149,8 +152,7 @@ class Worker:
         self._expected.append(at)
         if at - CLAIM_AHEAD < self._look_at:
             self._look_at = at - CLAIM_AHEAD
-            if self._wakeup is not None and not self._wakeup.done():
-                self._wakeup.set_result(None)
+            self._interrupt_sleep()  # to sleep again until the new `_look_at`
 
     async def _sleep_until_next_look(self) -> None:
         """Sleep until `_look_at`, or until woken; `expect` may move `_look_at` earlier meanwhile.

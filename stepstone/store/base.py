@@ -97,11 +97,19 @@ class StepRecord:
 
 
 def attempt_log(
-    kind: StepKind, status: str, attempts: int, started_at: float, ended_at: float | None, logged: tuple[Attempt, ...]
+    kind: StepKind,
+    status: str,
+    attempts: int,
+    started_at: float,
+    ended_at: float | None,
+    logged: tuple[Attempt, ...] | None,
 ) -> tuple[Attempt, ...]:
-    """A step's attempts as `history` gives them. A `do` step that succeeded at its first
-    attempt is recorded without an attempt log (most steps: one row less to write), and
-    reads back with that one attempt, timed by the step's own start and end."""
+    """A step's attempts as `history` gives them, from its attempt rows (`logged`; None when
+    they were not read, as by `load_steps`: then none). A `do` step that succeeded at its
+    first attempt is recorded without an attempt log (most steps: one row less to write),
+    and reads back with that one attempt, timed by the step's own start and end."""
+    if logged is None:
+        return ()
     if not logged and kind == "do" and status == "complete" and attempts == 1 and ended_at is not None:
         return (Attempt(1, started_at, ended_at, "ok"),)
     return logged

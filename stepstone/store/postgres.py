@@ -81,7 +81,7 @@ def _step(row: Sequence[Any], logged: tuple[Attempt, ...] | None = None) -> Step
     seq, kind, name, count, status, result, error_type, error_message, attempts, due_at, started_at, ended_at = row
     return StepRecord(
         StepKey(kind, name, count), status, result, error_type, error_message, attempts, due_at, started_at,
-        ended_at, seq, () if logged is None else attempt_log(kind, status, attempts, started_at, ended_at, logged),
+        ended_at, seq, attempt_log(kind, status, attempts, started_at, ended_at, logged),
     )  # fmt: skip
 
 

@@ -92,7 +92,7 @@ def _step(row: tuple[Any, ...], logged: tuple[Attempt, ...] | None = None) -> St
         started_at,
         ended_at,
         seq,
-        () if logged is None else attempt_log(kind, status, attempts, started_at, ended_at, logged),
+        attempt_log(kind, status, attempts, started_at, ended_at, logged),
     )
 
 
