@@ -101,14 +101,19 @@ def _marks(values: Sequence[object]) -> str:
 
 
 class _Job:
-    __slots__ = ("durable", "fn", "future", "loop")
+    __slots__ = ("durable", "fn", "future", "loop", "solo")
 
     def __init__(
-        self, fn: Callable[[sqlite3.Connection], Any], loop: asyncio.AbstractEventLoop, durable: bool
+        self,
+        fn: Callable[[sqlite3.Connection], Any],
+        loop: asyncio.AbstractEventLoop,
+        durable: bool,
+        solo: Callable[[sqlite3.Connection], Any] | None,
     ) -> None:
         self.fn = fn
         self.loop = loop
         self.durable = durable
+        self.solo = solo
         self.future: asyncio.Future[Any] = loop.create_future()
 
 
@@ -211,8 +216,10 @@ class _ConnectionThread:
     two thread switches and a wakeup of the loop, more than the commit itself. If nothing
     else is ready to run on the loop (no other write can join it in this turn), it runs
     in `submit` itself, and its caller's `await` does not even yield. That is the
-    sequential case (one instance, step after step). Writes that come several to a
-    turn, as under load, still go to the thread and share commits.
+    sequential case (one instance, step after step). A lone write that can be said in
+    one statement (a job's `solo`: a new step, the end of a run, a create) is then that
+    statement alone, committed by itself, as a bare INSERT is. Writes that come several
+    to a turn, as under load, still go to the thread and share commits.
     """
 
     def __init__(self, path: str, synchronous: str, *, writer: bool, name: str) -> None:
@@ -240,9 +247,19 @@ class _ConnectionThread:
             self._jobs.put(None)
             self._thread.join()
 
-    def submit(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> asyncio.Future[T]:
+    def submit(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        durable: bool = True,
+        solo: Callable[[sqlite3.Connection], T | None] | None = None,
+    ) -> asyncio.Future[T]:
+        """Run `fn` in a transaction of its own or shared with other jobs. `solo`, if given,
+        is the same write as one statement, committed by itself (autocommit): used when
+        the job runs alone on the loop's thread, unless it answers None (the statement
+        changed nothing, say for a case it does not cover), when `fn` runs as usual."""
         loop = asyncio.get_running_loop()
-        job = _Job(fn, loop, durable)
+        job = _Job(fn, loop, durable, solo)
         if self._pending is not None:
             self._pending.append(job)
         elif self._writer and _alone(loop) and self._run_here(job):
@@ -267,6 +284,11 @@ class _ConnectionThread:
             conn = self._conn
             if conn is None or not self._jobs.empty():
                 return False
+            if job.solo is not None and job.durable:
+                done = self._run_solo(conn, job)
+                if done is not None:
+                    settle(job.future, done, None)
+                    return True
             outcomes = self._run_batch(conn, [job], self._synchronous, wait=False)
         finally:
             self._using.release()
@@ -327,6 +349,18 @@ class _ConnectionThread:
             with self._using:
                 self._conn = None
                 conn.close()
+
+    @staticmethod
+    def _run_solo(conn: sqlite3.Connection, job: _Job) -> Any:
+        """The job's one statement, in autocommit (the statement is its own transaction, so
+        the BEGIN IMMEDIATE, COMMIT and the read of the fence are folded into it); None if
+        it changed nothing or failed (another process holds the write lock, a constraint):
+        then the job runs as a transaction, which reports what is wrong."""
+        assert job.solo is not None and not conn.in_transaction
+        try:
+            return job.solo(conn)
+        except sqlite3.Error:
+            return None
 
     @staticmethod
     def _run_read(conn: sqlite3.Connection, job: _Job) -> Outcome:
@@ -431,10 +465,16 @@ class SqliteStore:
                 await asyncio.to_thread(thread.stop)
         self._writer = self._reader = None
 
-    def _write(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> asyncio.Future[T]:
+    def _write(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        durable: bool = True,
+        solo: Callable[[sqlite3.Connection], T | None] | None = None,
+    ) -> asyncio.Future[T]:
         if self._writer is None:
             raise StepstoneError("the store is not open (use `async with engine:`)")
-        return self._writer.submit(fn, durable=durable)
+        return self._writer.submit(fn, durable=durable, solo=solo)
 
     def _read(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         if self._reader is None:
@@ -480,28 +520,34 @@ class SqliteStore:
     ) -> list[InstanceRecord]:
         leased = 0 if lease is None else lease.limit
 
+        def insert(conn: sqlite3.Connection, position: int, instance_id: str, params_json: str) -> InstanceRecord:
+            # Leased: running from now under `lease`, as if its worker had claimed it.
+            taken = lease if position < leased else None
+            row = conn.execute(
+                "INSERT INTO instances (workflow, id, status, params, created_at, updated_at, started_at, "
+                "lease_owner, lease_expires, lease_token) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                f"RETURNING {_NEW_INSTANCE_COLUMNS}",
+                (workflow, instance_id, "queued" if taken is None else "running", params_json, now, now,
+                 taken and now, taken and taken.worker_id, taken and taken.until,
+                 0 if taken is None else FIRST_TOKEN),
+            ).fetchone()  # fmt: skip
+            return _instance(row)
+
         def create(conn: sqlite3.Connection) -> list[InstanceRecord]:
             created = []
             for position, (instance_id, params_json) in enumerate(items):
-                # Leased: running from now under `lease`, as if its worker had claimed it.
-                taken = lease if position < leased else None
                 try:
-                    row = conn.execute(
-                        "INSERT INTO instances (workflow, id, status, params, created_at, updated_at, started_at, "
-                        "lease_owner, lease_expires, lease_token) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                        f"RETURNING {_NEW_INSTANCE_COLUMNS}",
-                        (workflow, instance_id, "queued" if taken is None else "running", params_json, now, now,
-                         taken and now, taken and taken.worker_id, taken and taken.until,
-                         0 if taken is None else FIRST_TOKEN),
-                    ).fetchone()  # fmt: skip
+                    created.append(insert(conn, position, instance_id, params_json))
                 except sqlite3.IntegrityError:
                     raise InstanceExistsError(
                         f"instance {instance_id!r} already exists in workflow {workflow!r}"
                     ) from None
-                created.append(_instance(row))
             return created
 
-        return await self._write(create)
+        def create_one(conn: sqlite3.Connection) -> list[InstanceRecord]:
+            return [insert(conn, 0, *items[0])]
+
+        return await self._write(create, solo=create_one if len(items) == 1 else None)
 
     async def get_instance(self, workflow: str, instance_id: str) -> InstanceRecord:
         def get(conn: sqlite3.Connection) -> InstanceRecord:
@@ -732,7 +778,7 @@ class SqliteStore:
         return await self._read(read)
 
     async def write(self, run: RunWrite) -> Status:
-        return await self._write(lambda conn: _write_run(conn, run))
+        return await self._write(lambda conn: _write_run(conn, run), solo=_solo_write(run))
 
     async def renew_leases(self, worker_id: str, tokens: dict[int, int], lease_until: float) -> set[int]:
         def renew(conn: sqlite3.Connection) -> set[int]:
@@ -898,11 +944,41 @@ def _write_run(conn: sqlite3.Connection, run: RunWrite) -> Status:
     return new_status  # type: ignore[return-value]
 
 
+def _solo_write(run: RunWrite) -> Callable[[sqlite3.Connection], Status | None] | None:
+    """The run's write as one fenced statement, for the two writes every instance makes:
+    a new step record while the run goes on, and the end of a run that records nothing
+    more (complete or errored). The fence also asks for the status `running`, so that a
+    pause asked meanwhile (waitingForPause) goes the long way (_write_run), which reports
+    it; as does anything the statement does not change (the lease lost, a seq taken)."""
+    fence = (run.pk, run.token)
+    if run.end is None and len(run.steps) == 1:
+        step = run.steps[0]
+        if step.seq is None or step.new_attempts or step.consume_event is not None:
+            return None
+        values = _step_values(run.pk, step.seq, step, run.now) + fence
+        return lambda conn: "running" if conn.execute(_ADD_STEP_FENCED, values).rowcount == 1 else None
+    if run.end in ("complete", "errored") and not run.steps:
+        end: Status = run.end
+        values = (end, run.wake_at, run.output_json, run.error_json, run.now, run.now, *fence)
+        return lambda conn: end if conn.execute(_END_FENCED, values).rowcount == 1 else None
+    return None
+
+
+_FENCE = "pk = ? AND lease_token = ? AND lease_owner IS NOT NULL AND status = 'running'"
+_END_FENCED = (
+    "UPDATE instances SET status = ?, paused_status = NULL, wake_at = ?, output = ?, error = ?, ended_at = ?, "
+    f"lease_owner = NULL, lease_expires = NULL, updated_at = ? WHERE {_FENCE}"
+)
+
 _STEP_FIELDS = (
     "instance_pk, seq, kind, name, count, status, result, error_type, error_message, attempts, due_at, "
     "started_at, ended_at, recorded_at"
 )
 _ADD_STEP = f"INSERT INTO steps ({_STEP_FIELDS}) VALUES ({_marks(_STEP_FIELDS.split(','))}) ON CONFLICT DO NOTHING"
+_ADD_STEP_FENCED = (
+    f"INSERT INTO steps ({_STEP_FIELDS}) SELECT {_marks(_STEP_FIELDS.split(','))} FROM instances "
+    f"WHERE {_FENCE} ON CONFLICT DO NOTHING"
+)
 
 
 def _step_values(pk: int, seq: int, step: StepWrite, now: float) -> tuple[Any, ...]:

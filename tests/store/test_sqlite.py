@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from stepstone.errors import StepstoneError
+from stepstone.errors import InstanceExistsError, LeaseLostError, StepstoneError
 from stepstone.store import migrations
 from stepstone.store.base import RunWrite, StepKey, StepWrite
 from stepstone.store.sqlite import SqliteStore, _use_wal
@@ -223,5 +223,44 @@ async def test_a_step_given_the_seq_of_another_step_is_refused_and_changes_nothi
         with pytest.raises(StepstoneError, match="seq 1"):
             await store.write(RunWrite(claim.pk, claim.token, T0, steps=[two]))
         assert [(s.key.name, s.result_json) for s in await store.history(claim.pk)] == [("one", "1")]
+    finally:
+        await store.close()
+
+
+async def test_a_new_step_the_end_of_a_run_and_a_create_alone_are_one_statement_each(tmp_path: Path) -> None:
+    """The writes every instance makes commit as one fenced statement when alone; what that
+    statement does not cover (a pause asked meanwhile, a lost lease, an existing id) goes
+    the long way, in a transaction, and is reported as before."""
+    store = SqliteStore(f"sqlite:///{tmp_path / 'solo.db'}")
+    await store.open()
+    assert store._writer is not None and store._writer._conn is not None
+    seen: list[str] = []
+    store._writer._conn.set_trace_callback(seen.append)
+    try:
+        for name in ("a", "b"):
+            await create(store, name)
+        assert not any(s.startswith("BEGIN") for s in seen), seen
+        claims = {c.id: c for c in (await store.claim("w1", [WF], 2, T0, T0 + LEASE)).claims}
+
+        def step(name: str, seq: int) -> StepWrite:
+            return StepWrite(StepKey("do", name, 1), "complete", T0, "1", attempts=1, ended_at=T0, seq=seq)
+
+        seen.clear()
+        a_claim = claims["a"]
+        assert await store.write(RunWrite(a_claim.pk, a_claim.token, T0, steps=[step("one", 1)])) == "running"
+        assert await store.write(RunWrite(a_claim.pk, a_claim.token, T0, end="complete", output_json="7")) == "complete"
+        assert len(seen) == 2 and not any(s.startswith("BEGIN") for s in seen), seen
+        assert (await store.get_instance(WF, "a")).status == "complete"
+        assert [s.key.name for s in await store.history(a_claim.pk)] == ["one"]
+
+        b_claim = claims["b"]
+        await store.control(WF, "b", "pause", T0)  # asked while a step runs: waitingForPause
+        assert await store.write(RunWrite(b_claim.pk, b_claim.token, T0, steps=[step("one", 1)])) == "waitingForPause"
+        assert await store.write(RunWrite(b_claim.pk, b_claim.token, T0, end="complete", output_json="7")) == "complete"
+        with pytest.raises(LeaseLostError):  # the run ended: its lease is gone
+            await store.write(RunWrite(b_claim.pk, b_claim.token, T0, steps=[step("two", 2)]))
+        assert [s.key.name for s in await store.history(b_claim.pk)] == ["one"]
+        with pytest.raises(InstanceExistsError, match="'a'"):
+            await create(store, "a")
     finally:
         await store.close()
