@@ -426,9 +426,13 @@ class Run:
         try:
             yield
         finally:
-            self.inflight -= 1
-            if not self.inflight and self.blocked:
-                self._maybe_suspend()
+            self._idle()
+
+    def _idle(self) -> None:
+        """A step stopped running (the end of `_busy`): suspend if it was the last and the rest wait."""
+        self.inflight -= 1
+        if not self.inflight and self.blocked:
+            self._maybe_suspend()
 
     # -- steps ------------------------------------------------------------------------------
 
@@ -481,7 +485,8 @@ class Run:
             if self.pause_requested:
                 await self._block(key, None, None)
             attempt += 1
-            with self._busy():
+            self.inflight += 1  # (the body of _busy, inline: this is the hot path)
+            try:
                 began = clock.now()
                 error: Exception | None = None
                 final = False
@@ -492,8 +497,9 @@ class Run:
                     final = isinstance(exc, NonRetryableError) or attempt > config.retries.limit
                 else:
                     try:
-                        text = serialization.dumps(value, what=f"result of step {key.name!r}")
-                        serialization.check_size(text, self.limits.max_value_bytes, what=f"result of step {key.name!r}")
+                        text, value = serialization.encode_result(
+                            value, self.limits.max_value_bytes, what=f"result of step {key.name!r}"
+                        )
                     except (TypeError, LimitExceededError) as exc:
                         error, final = exc, True
                 ended = clock.now()
@@ -506,7 +512,7 @@ class Run:
                         key, "complete", started_at, text, attempts=attempt, ended_at=ended, new_attempts=attempts
                     )
                     await self._commit([done])
-                    return json.loads(text)
+                    return value
                 error_type, message = error_type_name(error), _printable(str(error))
                 outcome: Outcome = "timeout" if isinstance(error, StepTimeoutError) else "error"
                 attempts.append(Attempt(attempt, began, ended, outcome, error_type, message))
@@ -519,6 +525,8 @@ class Run:
                         ]
                     )
                     raise StepFailed(key.name, error_type, message) from error
+            finally:
+                self._idle()
             due = ended + config.retries.wait_before_retry(attempt)
             if due > clock.now():
                 write = StepWrite(key, "waiting", started_at, None, error_type, message, attempt, due, None, attempts)

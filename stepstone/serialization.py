@@ -38,15 +38,15 @@ class Limits:
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
-def _non_str_key(value: Any) -> Any:
-    """The first dict key in `value` that is not a str, or None."""
+def _non_str_key(value: Any) -> tuple[Any] | None:
+    """The first dict key in `value` that is not a str (in a 1-tuple: it may be None), or None."""
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
             for key, child in item.items():
                 if not isinstance(key, str):
-                    return key
+                    return (key,)
                 if isinstance(child, dict | list | tuple):
                     stack.append(child)
         elif isinstance(item, list | tuple):
@@ -56,23 +56,55 @@ def _non_str_key(value: Any) -> Any:
 
 def dumps(value: Any, *, what: str) -> str:
     """Serialize a JSON value, raising TypeError naming `what` if it is not one."""
+    text = _encode(value, what)
+    _check_keys(value, what)
+    return text
+
+
+def _encode(value: Any, what: str) -> str:
     try:
-        text = _encoder.encode(value)
+        return _encoder.encode(value)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{what} is not JSON-serializable: {exc}") from None
+
+
+def _check_keys(value: Any, what: str) -> None:
     if isinstance(value, dict | list | tuple):
-        key = _non_str_key(value)
-        if key is not None:
-            raise TypeError(f"{what} is not JSON-serializable: dict key {key!r} is not a str")
-    return text
+        found = _non_str_key(value)
+        if found is not None:
+            raise TypeError(f"{what} is not JSON-serializable: dict key {found[0]!r} is not a str")
+
+
+def encode_result(value: Any, limit: int, *, what: str) -> tuple[str, JSON]:
+    """A step's result serialized, and the value as it reads back from that text (what a
+    replay returns): TypeError naming `what` if it is not JSON, else LimitExceededError if
+    the text is over `limit` bytes.
+
+    The read-back copy serves as the check that every dict key is a str (the encoder would
+    write 1 as "1" silently): equal to the value, the value had none other. Only when they
+    differ (a tuple reads back as a list, too) are the keys looked at one by one.
+    """
+    text = _encode(value, what)
+    if _size(text) > limit:
+        _check_keys(value, what)
+        check_size(text, limit, what=what)
+    copy = json.loads(text)
+    if copy != value:
+        _check_keys(value, what)
+    return text, copy
 
 
 def loads(text: str | None) -> JSON:
     return None if text is None else json.loads(text)
 
 
+def _size(text: str) -> int:
+    """Bytes in UTF-8."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
 def check_size(text: str, limit: int, *, what: str) -> None:
-    size = len(text) if text.isascii() else len(text.encode())
+    size = _size(text)
     if size > limit:
         raise LimitExceededError(
             f"{what} is {size} bytes serialized; limit is {limit} (max_value_bytes)",

@@ -154,6 +154,8 @@ async def test_create_batch_with_one_invalid_item_creates_nothing(start_engine: 
         await handle.create_batch([{"id": "good"}, {"id": "-bad"}])
     with pytest.raises(InvalidInputError):
         await handle.create_batch([{"id": "good"}, {"id": "bad-params", "params": {1, 2}}])
+    with pytest.raises(InvalidInputError, match="dict key None"):  # JSON would write it as "null"
+        await handle.create_batch([{"id": "good"}, {"id": "none-key", "params": {"a": [{None: 1}]}}])
     assert list(await handle.list()) == []
 
 

@@ -445,7 +445,14 @@ async def test_step_name_with_a_nul_character_raises_invalid_input_without_runni
 
 async def test_result_that_is_not_json_fails_the_step_with_type_error_and_no_retry(start_engine: StartEngine) -> None:
     calls = Calls()
-    odd_values: dict[str, Any] = {"set": {1, 2}, "object": object(), "int key": {1: "x"}, "bytes": b"bytes"}
+    odd_values: dict[str, Any] = {
+        "set": {1, 2},
+        "object": object(),
+        "int key": {1: "x"},
+        "bytes": b"bytes",
+        "bool key deep in a tuple": ([{"a": {True: "x"}}],),
+        "None key": {None: 1},
+    }
 
     class NotJson(Workflow):
         async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
@@ -461,6 +468,21 @@ async def test_result_that_is_not_json_fails_the_step_with_type_error_and_no_ret
 
     assert (await run_once(start_engine, NotJson)).output == dict.fromkeys(odd_values, "TypeError, names step: True")
     assert sorted(calls.log) == sorted(odd_values)  # one attempt each
+
+
+async def test_a_result_reads_back_as_its_json_both_at_once_and_on_replay(start_engine: StartEngine) -> None:
+    """A tuple is recorded as a JSON array: the step returns a list at once, as a replay does."""
+    value: tuple[Any, ...] = ({"k": (1, 2.5, "x", None, True)}, [{"n": {"m": []}}])
+    expected = [{"k": [1, 2.5, "x", None, True]}, [{"n": {"m": []}}]]
+
+    class Tuples(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            first = await step.do("tuple", lambda: value)
+            await step.sleep("replay", "10 ms")
+            return {"first": first, "same": first == expected, "replayed": await step.do("again", lambda: first)}
+
+    output = (await run_once(start_engine, Tuples)).output
+    assert output == {"first": expected, "same": True, "replayed": expected}
 
 
 async def test_result_over_the_size_limit_fails_the_step_with_limit_exceeded_and_no_retry(
