@@ -80,7 +80,7 @@ class Engine:
         self._executor: DaemonThreadPool | None = None
         self._known: set[str] = set()
         self._changed = asyncio.Event()
-        self._end_watchers: dict[int, list[asyncio.Future[InstanceStatus]]] = {}
+        self._end_watchers: dict[int, list[asyncio.Future[InstanceStatus | None]]] = {}
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -114,7 +114,6 @@ class Engine:
                     lease_seconds=self.lease_seconds,
                     limits=self.limits,
                     executor=self._executor,
-                    on_change=self._notify_change,
                     on_end=self._run_ended,
                     retention=self.retention,
                 )
@@ -191,26 +190,31 @@ class Engine:
         """An event set at the next change this process makes to any instance's end state."""
         return self._changed
 
-    def watch_end(self, pk: int) -> asyncio.Future[InstanceStatus] | None:
-        """A future given the final status of instance `pk` if a run in this process ends it
-        (before `changes()` is set); None without a worker. Drop it with `unwatch_end`."""
+    def watch_end(self, pk: int) -> asyncio.Future[InstanceStatus | None] | None:
+        """A future set when a run of instance `pk` in this process ends: to the final status
+        if the run ended the instance (complete, errored), else to None (it suspended, was
+        stopped, failed). None without a worker. Drop it with `unwatch_end`."""
         if self._worker is None:
             return None
-        future: asyncio.Future[InstanceStatus] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[InstanceStatus | None] = asyncio.get_running_loop().create_future()
         self._end_watchers.setdefault(pk, []).append(future)
         return future
 
-    def unwatch_end(self, pk: int, future: asyncio.Future[InstanceStatus]) -> None:
+    def unwatch_end(self, pk: int, future: asyncio.Future[InstanceStatus | None]) -> None:
         watchers = self._end_watchers.get(pk)
         if watchers is not None and future in watchers:
             watchers.remove(future)
             if not watchers:
                 del self._end_watchers[pk]
 
-    def _run_ended(self, pk: int, status: Status, output_json: str | None, error_json: str | None) -> None:
-        for future in self._end_watchers.pop(pk, ()):
-            if not future.done():
-                future.set_result(status_of(status, output_json, error_json))
+    def _run_ended(self, pk: int, status: Status | None, output_json: str | None, error_json: str | None) -> None:
+        watchers = self._end_watchers.pop(pk, None)
+        if watchers is not None:
+            final = status_of(status, output_json, error_json) if status in ("complete", "errored") else None
+            for future in watchers:
+                if not future.done():
+                    future.set_result(final)
+        self._notify_change()
 
     def _notify_change(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()

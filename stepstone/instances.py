@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -142,6 +143,7 @@ def _step_detail(step: StepRecord) -> StepDetail:
     )
 
 
+_FIRST_WAIT_PAUSE = 0.005
 _MAX_WAIT_PAUSE = 0.25
 """Longest pause of `Instance.wait` between two reads, when no change in this process wakes it."""
 
@@ -238,50 +240,54 @@ class Instance:
         self._engine.revoke(self._pk)
 
     async def wait(self, timeout: float | None = None) -> InstanceStatus:
-        """Wait until the instance is complete, errored or terminated; TimeoutError after `timeout` s."""
+        """Wait until the instance is complete, errored or terminated; TimeoutError after `timeout` s.
+
+        While a run of it in this process goes on, this waits for that run's end alone (no
+        read, and no wakeup by other instances' runs). Otherwise it reads the status at
+        growing intervals, up to a quarter of a second, each drawn a little at random so
+        that many waits do not read all at once.
+        """
         limit = None if timeout is None else durations.seconds(timeout, what="wait timeout")
         loop = asyncio.get_running_loop()
         deadline = None if limit is None else loop.time() + limit
-        ended = self._engine.watch_end(self._pk)
-        try:
-            return await self._wait(ended, limit, deadline)
-        finally:
-            if ended is not None:
-                self._engine.unwatch_end(self._pk, ended)
-
-    async def _wait(
-        self, ended: asyncio.Future[InstanceStatus] | None, limit: float | None, deadline: float | None
-    ) -> InstanceStatus:
-        loop = asyncio.get_running_loop()
-        pause = 0.005
-        timed_out = False
+        pause = _FIRST_WAIT_PAUSE
+        # The last pause ran out: read the status even if a run here goes on (another
+        # process may have ended the instance, its lease lost).
+        looked = False
         while True:
-            if ended is not None and ended.done():
-                return ended.result()  # ended by a run here: what it recorded, without a read
-            changed = self._engine.changes()
-            status: InstanceStatus | None = None
-            if self._engine.runs_here(self._pk) and not timed_out:
-                # Running here, so not ended (unless ended by another process: looked at after
-                # a pause); its run's end sets `changed`.
-                pause = _MAX_WAIT_PAUSE
-            else:
-                status = await self.status()
-                if is_terminal(status.status):
-                    return status
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
-                state = "running" if status is None else status.status
-                raise TimeoutError(
-                    f"instance {self.id!r} of {self.workflow!r} did not end within {limit:g} s (it is {state})"
-                )
-            with_timeout = pause if remaining is None else min(pause, remaining)
-            timed_out = False
+            # Watched before the status is read, so that a run here ending in between is seen.
+            ended = self._engine.watch_end(self._pk)
             try:
-                async with asyncio.timeout(with_timeout):
-                    await changed.wait()
-            except TimeoutError:
-                timed_out = True
-                pause = min(pause * 2, _MAX_WAIT_PAUSE)
+                status: InstanceStatus | None = None
+                if ended is not None and self._engine.runs_here(self._pk) and not looked:
+                    pause = _MAX_WAIT_PAUSE
+                else:
+                    status = await self.status()
+                    if is_terminal(status.status):
+                        return status
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    state = "running" if status is None else status.status
+                    raise TimeoutError(
+                        f"instance {self.id!r} of {self.workflow!r} did not end within {limit:g} s (it is {state})"
+                    )
+                nap = pause * random.uniform(0.75, 1.0)
+                if remaining is not None:
+                    nap = min(nap, remaining)
+                if ended is None:
+                    await asyncio.sleep(nap)
+                else:
+                    await asyncio.wait([ended], timeout=nap)
+                if ended is not None and ended.done():
+                    final = ended.result()
+                    if final is not None:
+                        return final  # ended by a run here: what it recorded, without a read
+                    looked, pause = False, _FIRST_WAIT_PAUSE  # suspended or stopped: look again soon
+                else:
+                    looked, pause = True, min(pause * 2, _MAX_WAIT_PAUSE)
+            finally:
+                if ended is not None:
+                    self._engine.unwatch_end(self._pk, ended)
 
 
 class WorkflowHandle:

@@ -71,8 +71,7 @@ class Worker:
         lease_seconds: float,
         limits: Limits,
         executor: Executor,
-        on_change: Callable[[], None],
-        on_end: Callable[[int, Status, str | None, str | None], None] | None = None,
+        on_end: Callable[[int, Status | None, str | None, str | None], None],
         retention: Retention | None = None,
         prune_every: float = 60.0,
     ) -> None:
@@ -82,9 +81,9 @@ class Worker:
         self.lease_seconds = lease_seconds
         self.limits = limits
         self.executor = executor
-        self.on_change = on_change
         self.on_end = on_end
-        """Called with (pk, status, output JSON, error JSON) when a run here ends its instance."""
+        """Called with (pk, status, output JSON, error JSON) whenever a run here ends: the
+        status its end recorded (None if it recorded none: stopped, failed)."""
         self.retention = retention
         self.prune_every = prune_every
         self.host = host_identity()
@@ -308,9 +307,11 @@ class Worker:
             if self.active.get(claim.pk) is active:
                 del self.active[claim.pk]
             self._after_run(ended, active.run)
-            if ended in ("complete", "errored") and active.run is not None and self.on_end is not None:
-                self.on_end(claim.pk, ended, active.run.output_json, active.run.error_json)
-            self.on_change()
+            run = active.run
+            if run is None:
+                self.on_end(claim.pk, None, None, None)
+            else:
+                self.on_end(claim.pk, ended, run.output_json, run.error_json)
 
     def _after_run(self, ended: Status | None, run: Run | None) -> None:
         """A run ended `ended` and freed its slot: look for work only if there may be some

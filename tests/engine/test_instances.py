@@ -19,7 +19,7 @@ from stepstone import (
     WorkflowStep,
 )
 
-from .support import StartEngine, finish, wait_for_status
+from .support import DEADLINE, Gate, StartEngine, finish, wait_for_status
 
 ID_GRAMMAR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,99}")
 
@@ -218,6 +218,39 @@ async def test_wait_raises_timeout_error_when_the_instance_has_not_ended(start_e
         await inst.wait(timeout=0.2)
     assert (await inst.status()).status == "waiting"
     await inst.terminate()
+
+
+async def test_wait_on_an_instance_running_here_sleeps_through_other_instances_runs(
+    start_engine: StartEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Many waits at once (a web app awaiting its instances) must not all wake whenever
+    # any instance's run ends: each waits for its own instance's run.
+    gate = Gate()
+
+    class Held(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            return await step.do("held", gate.hold)
+
+    monkeypatch.setattr(stepstone.instances, "_MAX_WAIT_PAUSE", DEADLINE)  # no look but the first
+    engine = await start_engine(Held, Echo)
+    held = await engine.workflow(Held).create()
+    await gate.wait_entered()
+    looks = 0
+    runs_here = engine.runs_here
+
+    def counted(pk: int) -> bool:
+        nonlocal looks
+        looks += pk == held._pk
+        return runs_here(pk)
+
+    monkeypatch.setattr(engine, "runs_here", counted)
+    waiter = asyncio.create_task(held.wait(timeout=DEADLINE))
+    for i in range(20):
+        assert (await finish(await engine.workflow(Echo).create(params=i))).output == i
+    assert looks == 1 and not waiter.done()
+    gate.release()
+    assert (await waiter).output == 1
+    assert looks == 1  # its run's end told it how the instance ended: nothing was read
 
 
 # -- list --------------------------------------------------------------------------------------
