@@ -95,6 +95,14 @@ class _Block:
     wakeup: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
+def _read_outcome(future: asyncio.Future[Any]) -> None:
+    """Mark a finished future's exception as read: asyncio reports an unread one as an
+    error when the future is collected, and where this is called there is nothing to do
+    with it (the run stops, or it is a Suspend met by a cancellation)."""
+    if future.done() and not future.cancelled():
+        future.exception()
+
+
 def _wake(wakeup: asyncio.Future[None]) -> None:
     if not wakeup.done():
         wakeup.set_result(None)
@@ -240,12 +248,14 @@ class Run:
             self._task.cancel()
             await asyncio.wait([self._task])
             self._cancel_branches()
+            _read_outcome(self._task)
             if not self.stopped:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._end("queued"))
             raise
         self._cancel_branches()
         if self.stopped:
+            _read_outcome(self._task)  # Stopped, raised by the write that found the lease gone
             return None
         if self._task.cancelled():
             return await self._end("errored", error={"name": "CancelledError", "message": "run() was cancelled"})
@@ -399,8 +409,7 @@ class Run:
             if timer is not None:
                 timer.cancel()
             self.blocked.pop(key, None)
-            if block.wakeup.done() and not block.wakeup.cancelled():
-                block.wakeup.exception()  # read, so that a Suspend met by a cancellation is not reported unread
+            _read_outcome(block.wakeup)
         self._maybe_suspend()  # the other branches may wait long: suspend if this one ends here
 
     def _maybe_suspend(self, turn: int = 0) -> None:

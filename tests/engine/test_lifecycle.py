@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -523,3 +525,28 @@ async def test_deleted_id_can_be_created_again_as_a_fresh_instance(states: State
     fresh = await states.subject("done", id="again")
     assert (await finish(fresh)).output == "done"
     assert states.calls.count("begin:again") == 2  # no history survived the delete
+
+
+async def test_a_run_that_finds_its_instance_terminated_elsewhere_when_it_records_stops_quietly(
+    start_engine: StartEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Terminated through another engine (another process, say): the worker's run learns of
+    # it only when its step's record is refused. It stops, records nothing, reports nothing.
+    gate = Gate()
+
+    class Held(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            await step.do("held", gate.hold)
+            return await step.do("after", lambda: "after")
+
+    engine = await start_engine(Held)
+    client = await start_engine(Held, worker=False)
+    inst = await engine.workflow(Held).create()
+    await gate.wait_entered()
+    await (await client.workflow(Held).get(inst.id)).terminate()
+    gate.release()
+    await until(lambda: not engine.runs_here(inst._pk), "the run to stop")
+    gc.collect()  # an exception left unread in a task is reported when the task is collected
+    detail = await inst.describe()
+    assert (detail.status, detail.steps) == ("terminated", [])
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
