@@ -111,6 +111,7 @@ class _Databases:
     server_url: str
     template: str
     fingerprint: str
+    emptying: list[sql.Composed]
     free: list[str] = field(default_factory=list)
     made: set[str] = field(default_factory=set)
 
@@ -140,7 +141,8 @@ class _Databases:
                 row = conn.execute(_SCHEMA_FINGERPRINT).fetchone()
                 if row is None or row[0] != self.fingerprint:
                     raise LookupError("the test changed the schema")
-                _empty(conn)
+                for statement in self.emptying:  # one transaction, committed on leaving
+                    conn.execute(statement)
         except (psycopg.Error, LookupError):
             self.made.discard(name)
             _drop_database(self.server_url, name)
@@ -152,8 +154,9 @@ class _Databases:
             _drop_database(self.server_url, name)
 
 
-def _empty(conn: psycopg.Connection[tuple[object, ...]]) -> None:
-    """Delete every row but the migrations recorded, and restart every sequence (one commit)."""
+def _emptying(conn: psycopg.Connection[tuple[object, ...]]) -> list[sql.Composed]:
+    """The statements that delete every row but the migrations recorded and restart every
+    sequence, for the template's tables (a test's database has them, or is dropped)."""
     tables = conn.execute(
         "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
         "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') "
@@ -163,18 +166,18 @@ def _empty(conn: psycopg.Connection[tuple[object, ...]]) -> None:
         "SELECT format('%I.%I', schemaname, sequencename) FROM pg_sequences "
         "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
     ).fetchall()
-    for (table,) in tables:
-        conn.execute(sql.SQL("DELETE FROM {}").format(sql.SQL(str(table))))
-    for (sequence,) in sequences:
-        conn.execute(sql.SQL("ALTER SEQUENCE {} RESTART").format(sql.SQL(str(sequence))))
+    return [sql.SQL("DELETE FROM {}").format(sql.SQL(str(table))) for (table,) in tables] + [
+        sql.SQL("ALTER SEQUENCE {} RESTART").format(sql.SQL(str(sequence))) for (sequence,) in sequences
+    ]
 
 
 @pytest.fixture(scope="session")
 def pg_databases(pg_server_url: str, pg_template: str) -> Iterator[_Databases]:
     with psycopg.connect(_with_database(pg_server_url, pg_template)) as conn:
         row = conn.execute(_SCHEMA_FINGERPRINT).fetchone()
+        emptying = _emptying(conn)
     assert row is not None
-    databases = _Databases(pg_server_url, pg_template, str(row[0]))
+    databases = _Databases(pg_server_url, pg_template, str(row[0]), emptying)
     try:
         yield databases
     finally:
