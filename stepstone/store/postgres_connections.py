@@ -398,6 +398,11 @@ async def _rollback(conn: Connection) -> None:
 # -- notifications ------------------------------------------------------------------------
 
 
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class Listener:
     """A LISTEN connection that calls every callback on each wakeup; reconnects if it drops."""
 
@@ -423,6 +428,8 @@ class Listener:
 
     async def _connect(self) -> Connection:
         conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+        # Notifications that come with the answer to a query (LISTEN, the liveness check).
+        conn.add_notify_handler(lambda _notify: self._wake())
         try:
             await conn.execute(self._listen)
         except BaseException:
@@ -441,15 +448,40 @@ class Listener:
         while True:
             assert self._conn is not None
             try:
-                async for _ in self._conn.notifies(timeout=_LISTEN_CHECK):
-                    self._wake()
-                await self._conn.execute("SELECT 1")
+                if not await self._receive(self._conn, _LISTEN_CHECK):
+                    await self._conn.execute("SELECT 1")  # silent that long: is it still there?
                 continue
             except psycopg.Error as exc:
                 _log.warning("stepstone: lost the LISTEN connection (%s); reconnecting", one_line(exc))
             await self._conn.close()
             self._conn = await self._reconnect()
             self._wake()  # notifications sent while disconnected are lost: look for work now
+
+    async def _receive(self, conn: Connection, timeout: float) -> bool:
+        """Wait until the server sends something, then call back if it was notifications;
+        False if it sent nothing for `timeout` seconds.
+
+        This waits on the socket itself: psycopg's `notifies()` also wakes every 0.1 s (so
+        that a blocking wait may see Ctrl-C), which would keep an idle worker busy ten
+        times a second for nothing.
+        """
+        loop = asyncio.get_running_loop()
+        readable: asyncio.Future[None] = loop.create_future()
+        fd = conn.fileno()
+        loop.add_reader(fd, _resolve, readable)
+        try:
+            await asyncio.wait([readable], timeout=timeout)
+        finally:
+            loop.remove_reader(fd)
+        if not readable.done():
+            return False
+        conn.pgconn.consume_input()  # raises OperationalError if the connection dropped
+        notified = False
+        while conn.pgconn.notifies() is not None:
+            notified = True
+        if notified:
+            self._wake()
+        return True
 
     async def _reconnect(self) -> Connection:
         delay = 0.5
