@@ -12,16 +12,21 @@ write lock with BEGIN IMMEDIATE, so two processes never claim the same row.
 
 An instance's steps are stored together, keyed by (instance_pk, seq), with no other
 index (schema version 2): recording a new step changes one page, as a bare INSERT does.
+
+SQLite cannot notify: a worker learns of other processes' commits from Linux, which
+reports writes to the log (see sqlite_changes), and elsewhere by polling.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,8 +57,11 @@ from stepstone.store.base import (
     attempt_log,
     settle,
 )
+from stepstone.store.sqlite_changes import CommitWatch, WriteWatch
 
 T = TypeVar("T")
+
+_log = logging.getLogger(__name__)
 
 # An instance's last update: a write that only adds steps leaves the instance's row alone
 # (one page less to commit per step), so its newest step, found by the primary key, may
@@ -72,6 +80,17 @@ _STEP_COLUMNS = (
     "seq, kind, name, count, status, result, error_type, error_message, attempts, due_at, started_at, ended_at"
 )
 _MAX_BATCH = 512
+_POLL = 0.2
+"""Seconds between a worker's looks for work from other processes, where they are polled."""
+_WATCHED_POLL = 5.0
+"""Seconds between a worker's safety-net looks, where writes to the log are watched."""
+_FIRST_RECHECK = 0.001
+"""Seconds before a look at writes to the log that could not tell is made again (the next
+pauses double, up to _WRITES_SPACING; then subscribers are woken, to look for themselves)."""
+_WRITES_SPACING = 0.05
+"""Least seconds between two looks at writes to the log: while commits keep coming, work
+from another process waits up to this long to be noticed; a first commit after a quiet
+moment is noticed at once."""
 
 
 def _instance(row: sqlite3.Row | tuple[Any, ...]) -> InstanceRecord:
@@ -235,6 +254,8 @@ class _ConnectionThread:
         self._conn: sqlite3.Connection | None = None
         self._using = threading.Lock()
         """Held while the connection runs a batch, by the thread or by the loop (lone writes)."""
+        self._data_version: int | None = None
+        """The connection's data_version at the last `others_committed`."""
 
     def start(self) -> None:
         self._thread.start()
@@ -296,6 +317,33 @@ class _ConnectionThread:
             return False
         _settle_all(outcomes)
         return True
+
+    def others_committed(self) -> bool | None:
+        """Whether another connection committed to the file since the last call; None if it
+        cannot tell yet: this connection is busy, or another holds the write lock (it may be
+        in the middle of a commit). Runs on the caller's thread, at once."""
+        if not self._using.acquire(blocking=False):
+            return None
+        try:
+            conn = self._conn
+            if conn is None or not self._jobs.empty():
+                return None
+            try:
+                conn.execute("BEGIN IMMEDIATE")  # the writer's busy timeout is 0: refused at once if taken
+            except sqlite3.OperationalError:
+                return None
+            try:
+                # Moves with every commit but this connection's own: sqlite.org/pragma.html#pragma_data_version
+                version: int = conn.execute("PRAGMA data_version").fetchone()[0]
+            finally:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            return None
+        finally:
+            self._using.release()
+        changed = version != self._data_version
+        self._data_version = version
+        return changed
 
     def _connect(self) -> sqlite3.Connection:
         # The writer waits for another process's lock itself (_begin), so that a lone write
@@ -416,6 +464,22 @@ class _ConnectionThread:
         return outcomes
 
 
+@dataclass(frozen=True)
+class _Look:
+    """What a claim's look before the write lock found, and the WAL index's header before it."""
+
+    header: bytes
+    asked: tuple[str, tuple[str, ...]]
+    """The worker and workflows looked for."""
+    earliest: float | None
+    at: float
+    """time.monotonic() of the look."""
+
+
+_LOOK_AGAIN = 5.0
+"""Seconds after which a claim looks again even if nothing seems committed (a safety net)."""
+
+
 def path_from_url(url: str) -> str:
     """`sqlite:///relative.db` -> relative.db, `sqlite:////abs.db` -> /abs.db, `sqlite://:memory:`."""
     if not url.startswith("sqlite://"):
@@ -434,7 +498,7 @@ def path_from_url(url: str) -> str:
 class SqliteStore:
     """The `Store` on one SQLite file."""
 
-    wakeup_poll = 0.2
+    wakeup_poll = _POLL
 
     def __init__(self, url: str, *, synchronous: str = "FULL") -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
@@ -444,6 +508,10 @@ class SqliteStore:
         self._synchronous = synchronous.upper()
         self._writer: _ConnectionThread | None = None
         self._reader: _ConnectionThread | None = None
+        self._commits = CommitWatch(self.path)
+        self._last_look: _Look | None = None
+        self._writes: WriteWatch | None = None
+        self._wakeup_callbacks: list[Callable[[], None]] = []
 
     async def open(self) -> None:
         directory = Path(self.path).parent
@@ -464,6 +532,11 @@ class SqliteStore:
             if thread is not None:
                 await asyncio.to_thread(thread.stop)
         self._writer = self._reader = None
+        self._commits.close()
+        self._last_look = None
+        if self._writes is not None:
+            self._writes.close()
+            self._writes = None
 
     def _write(
         self,
@@ -754,8 +827,21 @@ class SqliteStore:
                 return ClaimBatch(claims, now)
             return ClaimBatch(claims, _earliest(conn, worker_id, names, queued=False))
 
-        # Look before taking the write lock: an idle poll costs a read, not a write.
-        earliest = await self._read(lambda conn: _earliest(conn, worker_id, names, queued=True))
+        # Look before taking the write lock: an idle poll costs a read, not a write; and
+        # if nothing was committed since the last look, not even that (no thread woken).
+        header, look = self._commits.header(), self._last_look
+        if (
+            look is not None
+            and header is not None
+            and look.header == header
+            and look.asked == (worker_id, tuple(names))
+            and time.monotonic() < look.at + _LOOK_AGAIN
+        ):
+            earliest = look.earliest
+        else:
+            earliest = await self._read(lambda conn: _earliest(conn, worker_id, names, queued=True))
+            if header is not None:
+                self._last_look = _Look(header, (worker_id, tuple(names)), earliest, time.monotonic())
         if earliest is None or earliest > horizon:
             return ClaimBatch([], earliest)
         # Not durable: a claim lost to a power cut leaves the instance claimable again, and
@@ -829,7 +915,40 @@ class SqliteStore:
         await self._write(forget)
 
     async def subscribe_wakeups(self, callback: Callable[[], None]) -> None:
-        """SQLite has no cross-process notification: workers poll every `wakeup_poll` seconds."""
+        """Call `callback` soon after another connection commits to the file (any other
+        process's, or another store's here), where the log's writes can be watched (Linux).
+        Elsewhere workers poll every _POLL seconds."""
+        self._wakeup_callbacks.append(callback)
+        if self._writes is None and self._writer is not None:
+            self._writer.others_committed()  # from now on
+            writes = WriteWatch(self.path + "-wal", self._written, spacing=_WRITES_SPACING)
+            if writes.start():
+                self._writes = writes
+                self.wakeup_poll = _WATCHED_POLL
+
+    def _written(self, pause: float = 0.0) -> None:
+        """The log was written, by this store's commits alone or by others' too; or, if
+        `pause`, a look `pause` seconds after one that could not tell (another connection
+        held the write lock: a commit of its own may have become visible since)."""
+        if self._writes is not None and not self._writes.alive:
+            self.wakeup_poll = _POLL  # the file was replaced: poll, as where writes are not watched
+        if self._writer is None:
+            return
+        others = self._writer.others_committed()
+        if others is None and pause < _WRITES_SPACING:
+            pause = max(2 * pause, _FIRST_RECHECK)
+            asyncio.get_running_loop().call_later(pause, self._written, pause)
+            return
+        if others is False:
+            return
+        self._wake_subscribers()
+
+    def _wake_subscribers(self) -> None:
+        for callback in self._wakeup_callbacks:
+            try:
+                callback()
+            except Exception:
+                _log.exception("stepstone: a wakeup callback failed")
 
 
 def _not_found(workflow: str, instance_id: str) -> InstanceNotFoundError:

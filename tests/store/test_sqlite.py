@@ -9,7 +9,9 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +20,7 @@ from stepstone.store import migrations
 from stepstone.store.base import RunWrite, StepKey, StepWrite
 from stepstone.store.sqlite import SqliteStore, _use_wal
 
-from .support import LEASE, T0, WF, create
+from .support import LEASE, T0, WF, Wakeups, claim, create, end, start
 
 
 def synchronous(conn: sqlite3.Connection) -> int:
@@ -135,6 +137,64 @@ async def test_a_write_waiting_for_another_process_lock_leaves_the_event_loop_fr
         assert created.id == "a"
     finally:
         other.close()
+        await store.close()
+
+
+async def test_an_idle_claim_reads_nothing_until_something_is_committed(tmp_path: Path) -> None:
+    # A worker on SQLite polls; a poll that finds nothing new should not wake the reader thread.
+    url = f"sqlite:///{tmp_path / 'idle.db'}"
+    store, other = SqliteStore(url), SqliteStore(url)
+    await store.open()
+    await other.open()
+    try:
+        sleeper = await start(store, "sleeper")
+        await end(store, sleeper, "waiting", wake_at=T0 + 100)
+        looks = 0
+        read = store._read
+
+        def counted(fn: Callable[[sqlite3.Connection], Any]) -> asyncio.Future[Any]:
+            nonlocal looks
+            looks += 1
+            return read(fn)
+
+        store._read = counted  # type: ignore[method-assign]
+        assert await claim(store, now=T0 + 10) == []
+        assert await claim(store, now=T0 + 20) == []
+        assert looks == 1  # nothing committed since the first look
+        (woken,) = await claim(store, now=T0 + 100)  # the timer it saw fell due meanwhile
+        assert woken.id == "sleeper" and looks == 1
+        assert await claim(store, now=T0 + 101) == []  # its own claim was a commit: it looks again
+        assert await claim(store, now=T0 + 102) == []
+        assert looks == 2
+        await create(other, "new")  # a commit by another connection, as by another process
+        (new,) = await claim(store, now=T0 + 103)
+        assert new.id == "new" and looks == 3
+    finally:
+        await other.close()
+        await store.close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="writes to the log are watched with Linux's inotify")
+async def test_a_commit_by_another_connection_wakes_the_subscriber_and_its_own_do_not(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'watched.db'}"
+    store, other = SqliteStore(url), SqliteStore(url)
+    await store.open()
+    await other.open()
+    try:
+        wakeups = Wakeups()
+        await store.subscribe_wakeups(wakeups)
+        assert store.wakeup_poll == 5.0  # polls are only a safety net now
+        await create(store, "mine")
+        await asyncio.sleep(0.5)  # ample time for a wrong wakeup
+        assert wakeups.count == 0  # its own commits: this process knows of them already
+        await create(other, "theirs")
+        assert await wakeups.arrive()
+        await store.close()  # stops watching
+        await create(other, "later")
+        await asyncio.sleep(0.5)
+        assert wakeups.count == 1
+    finally:
+        await other.close()
         await store.close()
 
 
