@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -201,3 +202,28 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path}/stepstone.db"
     url: str = request.getfixturevalue("pg_url")
     return url
+
+
+@pytest.fixture
+def loop_sleeps() -> Callable[[float], Awaitable[int]]:
+    """`await loop_sleeps(seconds)`: wait that long, and count the times the event loop went to
+    sleep meanwhile (its waits for I/O or a timer, not its looks at what is ready). Once is
+    the wait itself; each more is a wakeup of something else."""
+
+    async def count(seconds: float) -> int:
+        selector = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
+        select, sleeps = selector.select, 0
+
+        def counted(timeout: float | None = None) -> Any:
+            nonlocal sleeps
+            sleeps += timeout is None or timeout > 0
+            return select(timeout)
+
+        selector.select = counted
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            del selector.select
+        return sleeps
+
+    return count

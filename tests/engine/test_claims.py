@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from stepstone import Engine, Workflow, WorkflowEvent, WorkflowStep
@@ -73,23 +74,13 @@ async def test_a_full_worker_looks_for_queued_work_when_a_slot_frees(store_url: 
         assert [(f.status, f.output) for f in finals] == [("complete", {"n": n}) for n in range(10)]
 
 
-async def test_an_idle_worker_leaves_the_event_loop_asleep(start_engine: StartEngine) -> None:
+async def test_an_idle_worker_leaves_the_event_loop_asleep(
+    start_engine: StartEngine, loop_sleeps: Callable[[float], Awaitable[int]]
+) -> None:
     # A worker with nothing to do should cost nothing: no polls several times a second (SQLite's
     # log writes are watched instead; PostgreSQL's notifications are waited for on the socket).
     engine = await start_engine(OneStep)
     await finish(await engine.workflow(OneStep).create(params=0))
     await asyncio.sleep(0.5)  # the worker settles into its sleep
-    selector = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
-    select, sleeps = selector.select, 0
-
-    def counted(timeout: float | None = None) -> Any:
-        nonlocal sleeps
-        sleeps += timeout is None or timeout > 0  # a wait, not a look at what is ready
-        return select(timeout)
-
-    selector.select = counted
-    try:
-        await asyncio.sleep(1.5)
-    finally:
-        del selector.select
+    sleeps = await loop_sleeps(1.5)
     assert sleeps <= 2, f"the event loop slept {sleeps} times in 1.5 quiet seconds"
