@@ -4,11 +4,16 @@ on time for the timers of the instances it released, and not at all while nothin
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from stepstone import Engine, Workflow, WorkflowEvent, WorkflowStep
+from stepstone.store import sqlite_changes
 from stepstone.store.base import ClaimBatch, Store
 
 from .support import StartEngine, finish
@@ -84,3 +89,24 @@ async def test_an_idle_worker_leaves_the_event_loop_asleep(
     await asyncio.sleep(0.5)  # the worker settles into its sleep
     sleeps = await loop_sleeps(1.5)
     assert sleeps <= 2, f"the event loop slept {sleeps} times in 1.5 quiet seconds"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="writes to the log are watched with Linux's inotify")
+async def test_a_sqlite_worker_hears_of_another_process_work_without_polling(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    async with Engine(url, workflows=[OneStep]) as worker, Engine(url, worker=False) as client:
+        # The worker looked for work as it started; its next look is its safety net's, 5 s on.
+        assert worker.store.wakeup_poll == 5.0
+        final = await finish(await client.workflow(OneStep).create(params=1), timeout=2.5)
+        assert (final.status, final.output) == ("complete", {"n": 1})
+
+
+async def test_a_sqlite_worker_that_cannot_watch_the_log_polls_for_another_process_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_changes, "_inotify_watch", lambda path: None)  # as on macOS
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    async with Engine(url, workflows=[OneStep]) as worker, Engine(url, worker=False) as client:
+        assert worker.store.wakeup_poll == 0.2
+        final = await finish(await client.workflow(OneStep).create(params=2))
+        assert (final.status, final.output) == ("complete", {"n": 2})
