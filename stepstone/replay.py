@@ -619,13 +619,20 @@ class Run:
             await self._block(key, due, write, wait_type=type_, recorded=record is not None)
 
     async def _take_event(self, key: StepKey, type_: str, started_at: float, due: float) -> Event | None:
-        """Take the first kept event of `type_` for this wait (recorded); WaitTimeout once overdue."""
+        """Take the first kept event of `type_` for this wait; WaitTimeout once overdue.
+
+        The event taken is recorded with the run's next write, as a completed sleep is: the
+        step that follows it is then recorded in the same commit, not one after. Should the
+        run end before (a crash), the event is still the first of its type kept for the
+        instance, and the wait takes it again."""
+        if any(write.consume_event is not None for write in self.pending):
+            await self._commit([])  # an event taken but not yet recorded would be found again
         event = await self._guard(self.store.next_event(self.claim.pk, type_))
         now = clock.now()
         if event is not None:
             result = _event_result(event.type, event.payload_json, event.sent_at)
             taken = StepWrite(key, "complete", started_at, result, due_at=due, ended_at=now, consume_event=event.seq)
-            await self._commit([taken])
+            self.pending.append(taken)
             return Event(event.type, serialization.loads(event.payload_json), to_datetime(event.sent_at))
         if now < due:
             return None

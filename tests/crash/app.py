@@ -187,6 +187,30 @@ class Suicide(Workflow):
         return {"before": before, "fatal": value, "after": after}
 
 
+class TakenThenKilled(Workflow):
+    """Waits for an `approve` event, then a step whose body, the first time it runs, SIGKILLs
+    its own worker as it returns (as Suicide's does). The event taken is recorded with that
+    step: a kill before the step's record loses both, and the next worker takes the event again.
+
+    params: {}; event payload: {"by": str}. Output: {"event": payload, "after": "approved by BY"}.
+    """
+
+    name = "crash-taken-then-killed"
+
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        me = event.instance_id
+        approval = await step.wait_for_event("approval", type="approve", timeout="1 hour")
+        payload = approval.payload
+        assert isinstance(payload, dict), payload
+
+        def fatal(ctx: StepContext) -> str:
+            if journal(me, "after", ctx.attempt) == 1:
+                threading.Timer(0, os.kill, (os.getpid(), signal.SIGKILL)).start()
+            return f"approved by {payload['by']}"
+
+        return {"event": payload, "after": await step.do("after", fatal)}
+
+
 class Handover(Workflow):
     """Steps that return the pid of the worker running them, around a slow one for a
     SIGSTOP or a SIGTERM to land in.
@@ -224,6 +248,6 @@ class Handover(Workflow):
         return {"first": first, "slow": slow_pid, "last": last}
 
 
-WORKFLOWS: list[type[Workflow]] = [MultiStep, Sleeper, Retrier, Approval, Suicide, Handover]
+WORKFLOWS: list[type[Workflow]] = [MultiStep, Sleeper, Retrier, Approval, Suicide, TakenThenKilled, Handover]
 
 engine = Engine(workflows=WORKFLOWS, lease_seconds=float(os.environ.get(LEASE_ENV) or 30.0))

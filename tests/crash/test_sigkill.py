@@ -230,6 +230,32 @@ async def test_kill_between_step_end_and_its_record_runs_the_step_again_once(clu
     cluster.assert_no_errors()
 
 
+async def test_kill_after_an_event_is_taken_and_before_its_record_takes_it_again(cluster: Cluster) -> None:
+    first = await cluster.start_worker()
+    client = await cluster.client()
+    inst = await client.workflow("crash-taken-then-killed").create(id="taken")
+    await eventually(functools.partial(waiting_in, inst, "approval"), timeout=TAKEOVER, what="the wait")
+    await inst.send_event("approve", {"by": "ada"})
+    await cluster.died(first, timeout=TAKEOVER)
+    # The kill races the record of the step (and with it of the event taken), as in Suicide.
+    detail = await inst.describe()
+    recorded_first = step_of(detail, "after") is not None
+    wait = step_of(detail, "approval")
+    assert wait is not None and (wait.status == "complete") == recorded_first  # recorded together
+
+    second = await cluster.start_worker()
+    final = await inst.wait(timeout=TAKEOVER)
+
+    assert final.status == "complete"
+    assert final.output == {"event": {"by": "ada"}, "after": "approved by ada"}
+    detail = await assert_consistent(inst, cluster.journal(), cluster.killed)
+    wait = step_of(detail, "approval")
+    assert wait is not None and wait.status == "complete" and wait.result is not None
+    expected = [first.pid] if recorded_first else [first.pid, second.pid]
+    assert [r.pid for r in cluster.runs(inst.id, "after")] == expected
+    cluster.assert_no_errors()
+
+
 async def test_worker_on_another_host_takes_over_when_the_lease_expires(cluster: Cluster) -> None:
     lease = 2.0
     first = await cluster.start_worker(lease_seconds=lease)

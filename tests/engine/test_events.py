@@ -11,6 +11,7 @@ import pytest
 
 import stepstone
 from stepstone import Event, InvalidInputError, StepFailed, WaitTimeout, Workflow, WorkflowEvent, WorkflowStep
+from stepstone.store.base import RunWrite
 
 from .support import StartEngine, finish, until, wait_for_status
 
@@ -121,6 +122,30 @@ async def test_concurrent_waits_for_one_type_each_take_a_different_event(start_e
     await inst.send_event("vote", "a")
     await inst.send_event("vote", "b")
     assert (await finish(inst)).output == ["a", "b"]  # no event lost, none taken twice
+
+
+async def test_an_event_taken_and_the_step_after_it_are_recorded_in_one_write(start_engine: StartEngine) -> None:
+    class Approve(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            review = await step.wait_for_event("review", type="review", timeout="1 hour")
+            return await step.do("act", lambda: review.payload)
+
+    engine = await start_engine(Approve)
+    inst = await engine.workflow(Approve).create()
+    await wait_for_status(inst, "waiting")
+    writes: list[list[str]] = []
+    write = engine.store.write
+
+    async def logged(run: RunWrite) -> Any:
+        writes.append([step.key.name for step in run.steps])
+        return await write(run)
+
+    engine.store.write = logged  # type: ignore[method-assign]
+    await inst.send_event("review", "approved")
+    assert (await finish(inst)).output == "approved"
+    assert writes[0] == ["review", "act"]  # one commit for the two, then the end
+    history = await engine.store.history((await engine.store.get_instance("Approve", inst.id)).pk)
+    assert [(h.key.name, h.status) for h in history] == [("review", "complete"), ("act", "complete")]
 
 
 async def test_events_are_matched_by_type(start_engine: StartEngine) -> None:
