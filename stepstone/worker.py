@@ -212,7 +212,7 @@ class Worker:
     async def _claim_loop(self) -> None:
         names = sorted(self.workflows)
         while not self._stopping:
-            self._woken = False
+            woken, self._woken = self._woken, False
             free = self.concurrency - len(self.active) - self._reserved
             self._full = free <= 0
             next_at: float | None = None
@@ -224,7 +224,7 @@ class Worker:
                     now = clock.now()
                     horizon = now + CLAIM_AHEAD  # timers due by then are taken now, to fire on time
                     batch = await self.store.claim(
-                        self.id, names, free, now, now + self.lease_seconds, due_by=horizon
+                        self.id, names, free, now, now + self.lease_seconds, due_by=horizon, expect_work=woken
                     )
                 except Exception:
                     log.exception("claiming instances failed; retrying in %s s", self.store.wakeup_poll)

@@ -332,13 +332,15 @@ class Store(Protocol):
         lease_until: float,
         *,
         due_by: float | None = None,
+        expect_work: bool = False,
     ) -> ClaimBatch:
         """Lease up to `limit` runnable instances of `workflows` to `worker_id`.
 
         Runnable: queued; waiting with wake_at <= `due_by` (default `now`: a worker may
         take timers due a moment later, to fire them in-process on time); running or
         waitingForPause whose lease expired before `now` (a waitingForPause one becomes
-        paused instead).
+        paused instead). `expect_work`: the caller was just told that something became
+        runnable, so a store that looks before it takes a write lock need not.
         """
 
     async def load_steps(self, pk: int) -> list[StepRecord]:

@@ -471,6 +471,7 @@ class PostgresStore:
         lease_until: float,
         *,
         due_by: float | None = None,
+        expect_work: bool = False,
     ) -> ClaimBatch:
         names = list(workflows)
         if not names:

@@ -763,6 +763,7 @@ class SqliteStore:
         lease_until: float,
         *,
         due_by: float | None = None,
+        expect_work: bool = False,
     ) -> ClaimBatch:
         names = list(workflows)
         if not names:
@@ -830,7 +831,9 @@ class SqliteStore:
         # Look before taking the write lock: an idle poll costs a read, not a write; and
         # if nothing was committed since the last look, not even that (no thread woken).
         header, look = self._commits.header(), self._last_look
-        if (
+        if expect_work:
+            earliest: float | None = now
+        elif (
             look is not None
             and header is not None
             and look.header == header

@@ -169,6 +169,9 @@ async def test_an_idle_claim_reads_nothing_until_something_is_committed(tmp_path
         await create(other, "new")  # a commit by another connection, as by another process
         (new,) = await claim(store, now=T0 + 103)
         assert new.id == "new" and looks == 3
+        await create(other, "told")
+        told = await store.claim("w1", [WF], 10, T0 + 104, T0 + 104 + LEASE, expect_work=True)
+        assert [c.id for c in told.claims] == ["told"] and looks == 3  # told of work: no look first
     finally:
         await other.close()
         await store.close()
