@@ -22,11 +22,15 @@ from stepstone import clock, retention
 from stepstone.replay import HOLD_WAIT, Run
 from stepstone.retention import Retention
 from stepstone.serialization import Limits
-from stepstone.store.base import FIRST_TOKEN, Claim, InstanceRecord, Lease, Status, Store
+from stepstone.store.base import FIRST_TOKEN, Claim, ClaimBatch, InstanceRecord, Lease, Status, Store
 from stepstone.workflow import Workflow
 
 log = logging.getLogger("stepstone.worker")
 
+CLAIM_RETRY = 5.0
+"""Seconds before a claim that failed (the database unreachable) is tried again."""
+SEEN_EVERY = 60.0
+"""Seconds between two records of an idle worker's liveness (one with leases, at each heartbeat)."""
 CLAIM_AHEAD = HOLD_WAIT / 2
 """Seconds: a worker claims instances whose timers are due within this, so that their
 runs are replayed and waiting in-process when the timers fire."""
@@ -217,6 +221,7 @@ class Worker:
             self._full = free <= 0
             next_at: float | None = None
             horizon = 0.0
+            batch: ClaimBatch | None = None
             if free > 0:
                 # The claim sees the timers released before it began (and reports the next one).
                 self._expected.clear()
@@ -227,14 +232,14 @@ class Worker:
                         self.id, names, free, now, now + self.lease_seconds, due_by=horizon, expect_work=woken
                     )
                 except Exception:
-                    log.exception("claiming instances failed; retrying in %s s", self.store.wakeup_poll)
-                    batch = None
+                    log.exception("claiming instances failed; retrying in %s s", CLAIM_RETRY)
                 if batch is not None:
                     for claim in batch.claims:
                         self._start(claim)
                     next_at = batch.next_wake_at
                     self._full = len(batch.claims) >= free
-            self._look_at = clock.now() + self.store.wakeup_poll
+            poll = self.store.wakeup_poll
+            self._look_at = clock.now() + (min(CLAIM_RETRY, poll) if free > 0 and batch is None else poll)
             if next_at is not None:
                 # A timer is taken CLAIM_AHEAD early. What was due by the horizon and not taken
                 # is another worker's lease (or this worker is full): look again when it is due.
@@ -246,6 +251,7 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         interval = min(self.lease_seconds / 3, self.prune_every)
         last_prune = 0.0
+        last_seen = clock.now()  # (start() recorded it)
         while not self._stopping:
             try:
                 if self.retention is not None and clock.now() - last_prune >= self.prune_every:
@@ -264,7 +270,9 @@ class Worker:
                             continue  # ended meanwhile: it gave its lease up
                         log.warning("lost the lease of instance %r; abandoning its run", active.claim.id)
                         self.revoke(pk)
-                await self.store.worker_seen(self.id, self.host, os.getpid(), now)
+                if tokens or now - last_seen >= SEEN_EVERY:
+                    await self.store.worker_seen(self.id, self.host, os.getpid(), now)
+                    last_seen = now
                 await self._reap_dead_neighbours()
             except Exception:
                 log.exception("heartbeat failed; retrying in %s s", interval)

@@ -152,7 +152,7 @@ class PostgresStore:
     serve reads and the writer; a worker's LISTEN connection comes on top.
     """
 
-    wakeup_poll = 5.0
+    wakeup_poll = 30.0
 
     def __init__(
         self, url: str, *, schema: str = "stepstone", min_connections: int = 2, max_connections: int = 10

@@ -82,7 +82,7 @@ _STEP_COLUMNS = (
 _MAX_BATCH = 512
 _POLL = 0.2
 """Seconds between a worker's looks for work from other processes, where they are polled."""
-_WATCHED_POLL = 5.0
+_WATCHED_POLL = 30.0
 """Seconds between a worker's safety-net looks, where writes to the log are watched."""
 _FIRST_RECHECK = 0.001
 """Seconds before a look at writes to the log that could not tell is made again (the next
@@ -867,7 +867,13 @@ class SqliteStore:
         return await self._read(read)
 
     async def write(self, run: RunWrite) -> Status:
-        return await self._write(lambda conn: _write_run(conn, run), solo=_solo_write(run))
+        kept: list[bool] = []
+        status = await self._write(lambda conn: _write_run(conn, run, kept), solo=_solo_write(run))
+        if kept:
+            # Due now, for an event kept before its wait was recorded (PostgreSQL's END_RUN
+            # notifies the workers; here they would not hear of their own process's write).
+            self._wake_subscribers()
+        return status
 
     async def renew_leases(self, worker_id: str, tokens: dict[int, int], lease_until: float) -> set[int]:
         def renew(conn: sqlite3.Connection) -> set[int]:
@@ -1012,7 +1018,9 @@ def _discard_history(conn: sqlite3.Connection, pk: int, from_step: StepKey | Non
     conn.execute("DELETE FROM steps WHERE instance_pk = ? AND seq >= ?", (pk, first))
 
 
-def _write_run(conn: sqlite3.Connection, run: RunWrite) -> Status:
+def _write_run(conn: sqlite3.Connection, run: RunWrite, kept: list[bool] | None = None) -> Status:
+    """Record the run's write (the lease checked first); its status after. If the run stops
+    to wait for events of which one is kept already, it is due at once, and `kept` says so."""
     # The token names this lease; a lease given up (the run ended, a pause took effect) has no owner.
     # The write lock is held (BEGIN IMMEDIATE), so reading the fence is enough.
     row = conn.execute(
@@ -1056,6 +1064,8 @@ def _write_run(conn: sqlite3.Connection, run: RunWrite) -> Status:
         ).fetchone()
         if pending is not None:
             wake_at = run.now
+            if kept is not None:
+                kept.append(True)
     new_status, paused_status = lifecycle.end_status(status, run.end, wake_at)
     ended_at = run.now if new_status in ("complete", "errored") else None
     conn.execute(

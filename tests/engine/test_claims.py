@@ -95,8 +95,8 @@ async def test_an_idle_worker_leaves_the_event_loop_asleep(
 async def test_a_sqlite_worker_hears_of_another_process_work_without_polling(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     async with Engine(url, workflows=[OneStep]) as worker, Engine(url, worker=False) as client:
-        # The worker looked for work as it started; its next look is its safety net's, 5 s on.
-        assert worker.store.wakeup_poll == 5.0
+        # The worker looked for work as it started; its next look is its safety net's, 30 s on.
+        assert worker.store.wakeup_poll == 30.0
         final = await finish(await client.workflow(OneStep).create(params=1), timeout=2.5)
         assert (final.status, final.output) == ("complete", {"n": 1})
 

@@ -186,7 +186,7 @@ async def test_a_commit_by_another_connection_wakes_the_subscriber_and_its_own_d
     try:
         wakeups = Wakeups()
         await store.subscribe_wakeups(wakeups)
-        assert store.wakeup_poll == 5.0  # polls are only a safety net now
+        assert store.wakeup_poll == 30.0  # polls are only a safety net now
         await create(store, "mine")
         await asyncio.sleep(0.5)  # ample time for a wrong wakeup
         assert wakeups.count == 0  # its own commits: this process knows of them already
@@ -198,6 +198,23 @@ async def test_a_commit_by_another_connection_wakes_the_subscriber_and_its_own_d
         assert wakeups.count == 1
     finally:
         await other.close()
+        await store.close()
+
+
+async def test_a_run_that_stops_to_wait_for_an_event_already_kept_wakes_the_workers(tmp_path: Path) -> None:
+    # The event came while the run was stopping: the instance is due at once, and this
+    # process's worker must hear of it although the write is its own (as LISTEN would).
+    store = SqliteStore(f"sqlite:///{tmp_path / 'kept.db'}")
+    await store.open()
+    try:
+        wakeups = Wakeups()
+        await store.subscribe_wakeups(wakeups)
+        leased = await start(store, "waiter")
+        await store.send_event(WF, "waiter", "go", "1", T0)
+        assert await end(store, leased, "waiting", wake_at=T0 + 3600, wait_types=("go",)) == "waiting"
+        assert (await store.get_instance(WF, "waiter")).wake_at == T0 + 1  # due now
+        assert wakeups.count >= 1
+    finally:
         await store.close()
 
 
