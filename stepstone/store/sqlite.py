@@ -867,7 +867,7 @@ class SqliteStore:
         return await self._read(read)
 
     async def write(self, run: RunWrite) -> Status:
-        kept: list[bool] = []
+        kept: list[bool] | None = [] if run.wait_types else None
         status = await self._write(lambda conn: _write_run(conn, run, kept), solo=_solo_write(run))
         if kept:
             # Due now, for an event kept before its wait was recorded (PostgreSQL's END_RUN
