@@ -90,20 +90,27 @@ def _fence(run: RunWrite) -> dict[str, Any]:
 
 
 def _step_params(run: RunWrite, step: StepWrite) -> dict[str, Any]:
-    # The attempts travel as one JSON array: cheaper to send than six parallel arrays,
-    # and floats survive the trip exactly (Python writes the shortest exact repr).
-    return {
+    params = {
         **_fence(run),
         "kind": step.key.kind, "name": step.key.name, "count": step.key.count, "status": step.status,
         "result": step.result_json, "error_type": step.error_type, "error_message": step.error_message,
         "attempts": step.attempts, "due_at": step.due_at, "started_at": step.started_at, "ended_at": step.ended_at,
-        "attempts_log": json.dumps([
+    }  # fmt: skip
+    if step.new_attempts:
+        # The attempts travel as one JSON array: cheaper to send than six parallel arrays,
+        # and floats survive the trip exactly (Python writes the shortest exact repr).
+        params["attempts_log"] = json.dumps([
             {"attempt": a.attempt, "started_at": a.started_at, "ended_at": a.ended_at, "outcome": a.outcome,
              "error_type": a.error_type, "error_message": a.error_message}
             for a in step.new_attempts
-        ]),
-        "consume_event": step.consume_event,
-    }  # fmt: skip
+        ])  # fmt: skip
+    if step.consume_event is not None:
+        params["consume_event"] = step.consume_event
+    return params
+
+
+def _record_step(step: StepWrite, *, touch: bool) -> str:
+    return queries.record_step(touch=touch, log=bool(step.new_attempts), take=step.consume_event is not None)
 
 
 def _not_found(workflow: str, instance_id: str) -> InstanceNotFoundError:
@@ -518,7 +525,7 @@ class PostgresStore:
         return EventRecord(*rows[0]) if rows else None
 
     async def write(self, run: RunWrite) -> Status:
-        # A step recorded by a run that goes on is one statement (TOUCH_AND_RECORD_STEP), and
+        # A step recorded by a run that goes on is one statement (record_step, touching), and
         # so is an end that records no step and wakes no other worker (END_RUN).
         single = len(run.steps) == 1 if run.end is None else not run.steps and run.end not in _ENDS_THAT_WAKE
         try:
@@ -532,20 +539,21 @@ class PostgresStore:
         # Every statement is fenced and fails the transaction if the lease is lost, so
         # nothing here waits for an answer: the write and its commit are one round trip.
         conn = tx.conn
-        steps = [_step_params(run, step) for step in run.steps]
+        steps = run.steps
         if run.end is None:
             if steps:
-                answer = await conn.execute(self._sql(queries.TOUCH_AND_RECORD_STEP), steps[0])
+                first = steps[0]
+                answer = await conn.execute(self._sql(_record_step(first, touch=True)), _step_params(run, first))
                 steps = steps[1:]
             else:
                 answer = await conn.execute(self._sql(queries.TOUCH_LEASED), _fence(run))
-            for params in steps:
-                await conn.execute(self._sql(queries.RECORD_STEP), params)
+            for step in steps:
+                await conn.execute(self._sql(_record_step(step, touch=False)), _step_params(run, step))
         else:
             if steps:  # locked first, so that the fenced step records and the end agree
                 await conn.execute(self._sql(queries.LOCK_LEASED), _fence(run))
-            for params in steps:
-                await conn.execute(self._sql(queries.RECORD_STEP), params)
+            for step in steps:
+                await conn.execute(self._sql(_record_step(step, touch=False)), _step_params(run, step))
             answer = await conn.execute(
                 self._sql(queries.END_RUN),
                 {

@@ -3,6 +3,8 @@
 Parameters are psycopg's: `%s` by position, `%(name)s` by name.
 """
 
+import functools
+
 INSTANCE_COLUMNS = (
     "pk, workflow, id, status, params, output, error, created_at, updated_at, wake_at, paused_status, "
     "started_at, ended_at, lease_expires"
@@ -194,10 +196,14 @@ WITH touched AS (UPDATE {{s}}.instances SET updated_at = %(now)s WHERE {_LEASED}
 SELECT coalesce((SELECT status FROM touched), {_REFUSE_LOST})
 """
 
-# One statement per step: upsert it by key, append its attempts, take its event (and
-# fail if that event is gone). `{leased}` finds the instance if the lease holds; for the
-# first step of a run that goes on, it also touches the instance (its updated_at).
-_RECORD_STEP = """
+# One statement per step: upsert it by key, and when the step has them, append its
+# attempts and take its event (failing if that event is gone). The leased row is locked
+# by an UPDATE that, for the first step of a write, also touches the instance (its
+# updated_at). A step without an attempt log or an event (most steps) leaves those parts
+# out: the server then plans and runs less (record_step).
+_LEASED_ROW = f"SELECT pk, status FROM {{s}}.instances WHERE {_LEASED}"
+_TOUCH_LEASED_ROW = f"UPDATE {{s}}.instances SET updated_at = %(now)s WHERE {_LEASED} RETURNING pk, status"
+_UPSERT_STEP = """
 WITH leased AS ({leased}), step AS (
     INSERT INTO {s}.steps (instance_pk, kind, name, count, status, result, error_type, error_message, attempts,
         due_at, started_at, ended_at)
@@ -209,26 +215,42 @@ WITH leased AS ({leased}), step AS (
         error_type = excluded.error_type, error_message = excluded.error_message, attempts = excluded.attempts,
         due_at = excluded.due_at, ended_at = excluded.ended_at
     RETURNING seq
-), logged AS (
+)"""
+_LOG_ATTEMPTS = """, logged AS (
     INSERT INTO {s}.attempts (step_seq, attempt, started_at, ended_at, outcome, error_type, error_message)
     SELECT step.seq, a.attempt, a.started_at, a.ended_at, a.outcome, a.error_type, a.error_message
     FROM step, json_to_recordset(%(attempts_log)s::json) AS a (attempt integer, started_at double precision,
         ended_at double precision, outcome text, error_type text, error_message text)
     ON CONFLICT (step_seq, attempt) DO UPDATE SET started_at = excluded.started_at, ended_at = excluded.ended_at,
         outcome = excluded.outcome, error_type = excluded.error_type, error_message = excluded.error_message
-), taken AS (
+)"""
+_TAKE_EVENT = """, taken AS (
     UPDATE {s}.events SET consumed_by = step.seq FROM step
     WHERE events.seq = %(consume_event)s::bigint AND events.consumed_by IS NULL
     RETURNING events.seq
-)
-SELECT coalesce((SELECT status FROM leased), {refuse_lost}),
-    CASE WHEN %(consume_event)s::bigint IS NOT NULL AND (SELECT count(*) FROM taken) <> 1
-        THEN {s}.write_refused(%(pk)s, 'the event its step takes was taken or removed meanwhile') END
-""".replace("{refuse_lost}", _REFUSE_LOST)
-RECORD_STEP = _RECORD_STEP.replace("{leased}", f"SELECT pk, status FROM {{s}}.instances WHERE {_LEASED}")
-TOUCH_AND_RECORD_STEP = _RECORD_STEP.replace(
-    "{leased}", f"UPDATE {{s}}.instances SET updated_at = %(now)s WHERE {_LEASED} RETURNING pk, status"
-)
+)"""
+_STEP_ANSWER = f"""
+SELECT coalesce((SELECT status FROM leased), {_REFUSE_LOST})"""
+_EVENT_CHECK = """,
+    CASE WHEN (SELECT count(*) FROM taken) <> 1
+        THEN {s}.write_refused(%(pk)s, 'the event its step takes was taken or removed meanwhile') END"""
+# (A data-modifying WITH part runs to completion even when nothing reads its rows:
+# postgresql.org/docs/current/queries-with.html#QUERIES-WITH-MODIFYING.)
+
+
+@functools.cache
+def record_step(*, touch: bool, log: bool, take: bool) -> str:
+    """The statement recording one step (parameters: postgres._step_params): `touch` the
+    instance's updated_at, `log` the step's new attempts, `take` the event it consumes."""
+    return (
+        _UPSERT_STEP.replace("{leased}", _TOUCH_LEASED_ROW if touch else _LEASED_ROW)
+        + (_LOG_ATTEMPTS if log else "")
+        + (_TAKE_EVENT if take else "")
+        + _STEP_ANSWER
+        + (_EVENT_CHECK if take else "")
+        + "\n"
+    )
+
 
 # A run stops: the instance leaves `running` and its lease is released. The status it
 # takes follows lifecycle.end_status (the SQLite store calls that; here it is in SQL,
