@@ -40,10 +40,6 @@ _MAX_SAVEPOINTS = 64
 """Jobs per transaction when a batch runs again job by job, each in a savepoint: past 64
 subtransactions in one transaction PostgreSQL's per-backend cache overflows, which slows
 every session's snapshots."""
-_YIELD_EVERY = 16
-"""Jobs a batch sends (or reads the answers of) before it lets the event loop run other
-tasks: a batch of hundreds is milliseconds of Python, and timers falling due meanwhile
-would fire late."""
 _FRESH_TRIES = 3
 """Connections the writer takes and finds closed before it uses the next one as it is."""
 _MAX_TRIES = 5
@@ -262,7 +258,12 @@ class GroupCommit:
 
     async def _pipelined(self, conn: Connection, batch: list[_Job]) -> tuple[list[_Outcome], list[_Job]]:
         """The whole batch in one transaction sent at once. If anything fails it is rolled
-        back; a lone job then has its error, a batch raises _Refused to be run carefully."""
+        back; a lone job then has its error, a batch raises _Refused to be run carefully.
+
+        A batch of hundreds is milliseconds of Python on the event loop, so it lets other
+        tasks run after each job it sends and each answer it reads: timers that fall due
+        meanwhile then fire on time. (Every 16 jobs, 200 instances sleeping 1 s woke with
+        a p50 lateness of 5.4 ms; after each job, 4.2 ms, and group commits ran as fast.)"""
         self._committing = False
         values = []
         failure: BaseException | None = None
@@ -274,12 +275,11 @@ class GroupCommit:
                     if not any(job.durable for job in batch):
                         await conn.execute(_LAZY_COMMIT)
                     wakes = False
-                    for i, job in enumerate(batch, 1):
+                    for job in batch:
                         tx = Tx(conn)
                         values.append(await job.run(tx))
                         wakes = wakes or tx.wakes
-                        if i % _YIELD_EVERY == 0:
-                            await asyncio.sleep(0)  # a long batch lets due timers fire meanwhile
+                        await asyncio.sleep(0)
                     if wakes:
                         await conn.execute(self._notify)
                 except BaseException as exc:
@@ -295,13 +295,12 @@ class GroupCommit:
             failure = failure or exc
         if failure is None:
             outcomes = []
-            for i, (job, value) in enumerate(zip(batch, values, strict=True), 1):
+            for job, value in zip(batch, values, strict=True):
                 try:
                     outcomes.append(_Outcome(job, await _answer(value)))
                 except Exception as exc:  # reading a Later's cursors should not fail; if it does, say so
                     outcomes.append(_Outcome(job, error=exc))
-                if i % _YIELD_EVERY == 0:
-                    await asyncio.sleep(0)
+                await asyncio.sleep(0)
             return outcomes, []
         if conn.broken or not isinstance(failure, Exception):
             raise failure
