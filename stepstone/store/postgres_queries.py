@@ -197,10 +197,12 @@ SELECT coalesce((SELECT status FROM touched), {_REFUSE_LOST})
 """
 
 # One statement per step: upsert it by key, and when the step has them, append its
-# attempts and take its event (failing if that event is gone). The leased row is locked
-# by an UPDATE that, for the first step of a write, also touches the instance (its
-# updated_at). A step without an attempt log or an event (most steps) leaves those parts
-# out: the server then plans and runs less (record_step).
+# attempts and take its event (failing if that event is gone). `leased` finds the
+# instance if the lease holds: for the first step of a write that goes on, with an
+# UPDATE that touches its updated_at and locks its row; otherwise the row is locked
+# already (by that first step, or by LOCK_LEASED before a run's end) and is only read.
+# A step without an attempt log or an event (most steps) leaves those parts out: the
+# server then plans and runs less (record_step).
 _LEASED_ROW = f"SELECT pk, status FROM {{s}}.instances WHERE {_LEASED}"
 _TOUCH_LEASED_ROW = f"UPDATE {{s}}.instances SET updated_at = %(now)s WHERE {_LEASED} RETURNING pk, status"
 _UPSERT_STEP = """
