@@ -113,6 +113,17 @@ def _record_step(step: StepWrite, *, touch: bool) -> str:
     return queries.record_step(touch=touch, log=bool(step.new_attempts), take=step.consume_event is not None)
 
 
+def _one_instance(workflow: str, item: tuple[str, str], now: float, lease: Lease | None) -> dict[str, Any]:
+    """CREATE_INSTANCE's parameters: the row CREATE_INSTANCES makes, leased if `lease`."""
+    instance_id, params_json = item
+    return {
+        "workflow": workflow, "id": instance_id, "params": params_json, "now": now,
+        "status": "queued" if lease is None else "running", "started_at": None if lease is None else now,
+        "worker": None if lease is None else lease.worker_id, "lease_until": None if lease is None else lease.until,
+        "token": 0 if lease is None else FIRST_TOKEN,
+    }  # fmt: skip
+
+
 def _not_found(workflow: str, instance_id: str) -> InstanceNotFoundError:
     return InstanceNotFoundError(f"no instance {instance_id!r} in workflow {workflow!r}")
 
@@ -304,22 +315,26 @@ class PostgresStore:
     ) -> list[InstanceRecord]:
         ids = [instance_id for instance_id, _ in items]
         leased = 0 if lease is None else lease.limit
-        args = {
-            "workflow": workflow, "ids": ids, "params": [params_json for _, params_json in items], "now": now,
-            "leased": leased, "worker": lease and lease.worker_id, "lease_until": lease and lease.until,
-            "token": FIRST_TOKEN,
-        }  # fmt: skip
-
         seen: set[str] = set()
         for instance_id in ids:
             if instance_id in seen:
                 raise InstanceExistsError(f"instance {instance_id!r} already exists in workflow {workflow!r}")
             seen.add(instance_id)
 
+        if len(ids) == 1:  # the common case, in a plainer statement
+            query, args = queries.CREATE_INSTANCE, _one_instance(workflow, items[0], now, lease if leased else None)
+        else:
+            query = queries.CREATE_INSTANCES
+            args = {
+                "workflow": workflow, "ids": ids, "params": [params_json for _, params_json in items], "now": now,
+                "leased": leased, "worker": lease and lease.worker_id, "lease_until": lease and lease.until,
+                "token": FIRST_TOKEN,
+            }  # fmt: skip
+
         # One statement, all or nothing: an id that exists fails it on the unique key. So
         # instances created leased (nothing to NOTIFY) cost one round trip, committed alone.
         async def create(tx: Tx) -> Later[list[InstanceRecord]]:
-            cursor = await tx.conn.execute(self._sql(queries.CREATE_INSTANCES), args)
+            cursor = await tx.conn.execute(self._sql(query), args)
             if len(ids) > leased:  # some are queued
                 tx.wake_workers()
 
@@ -554,13 +569,19 @@ class PostgresStore:
                 await conn.execute(self._sql(queries.LOCK_LEASED), _fence(run))
             for step in steps:
                 await conn.execute(self._sql(_record_step(step, touch=False)), _step_params(run, step))
-            answer = await conn.execute(
-                self._sql(queries.END_RUN),
-                {
-                    **_fence(run), "end": run.end, "wake_at": run.wake_at, "wait_types": run.wait_types,
-                    "output": run.output_json, "error": run.error_json,
-                },
-            )  # fmt: skip
+            if run.end in ("complete", "errored"):
+                answer = await conn.execute(
+                    self._sql(queries.END_FINISHED),
+                    {**_fence(run), "end": run.end, "output": run.output_json, "error": run.error_json},
+                )
+            else:
+                answer = await conn.execute(
+                    self._sql(queries.END_RUN),
+                    {
+                        **_fence(run), "end": run.end, "wake_at": run.wake_at, "wait_types": run.wait_types,
+                        "output": run.output_json, "error": run.error_json,
+                    },
+                )  # fmt: skip
             if run.end in _ENDS_THAT_WAKE:
                 # Runnable again, now or at its timer, for any worker. (A finished or paused
                 # instance gives the others nothing to do: the freed slot is this worker's.)
