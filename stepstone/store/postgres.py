@@ -541,7 +541,7 @@ class PostgresStore:
 
     async def write(self, run: RunWrite) -> Status:
         # A step recorded by a run that goes on is one statement (record_step, touching), and
-        # so is an end that records no step and wakes no other worker (END_RUN).
+        # so is an end that records no step and wakes no other worker (END_FINISHED, END_RUN).
         single = len(run.steps) == 1 if run.end is None else not run.steps and run.end not in _ENDS_THAT_WAKE
         try:
             return await self._write(lambda tx: self._write_run(tx, run), single=single)
@@ -569,19 +569,14 @@ class PostgresStore:
                 await conn.execute(self._sql(queries.LOCK_LEASED), _fence(run))
             for step in steps:
                 await conn.execute(self._sql(_record_step(step, touch=False)), _step_params(run, step))
-            if run.end in ("complete", "errored"):
-                answer = await conn.execute(
-                    self._sql(queries.END_FINISHED),
-                    {**_fence(run), "end": run.end, "output": run.output_json, "error": run.error_json},
-                )
-            else:
-                answer = await conn.execute(
-                    self._sql(queries.END_RUN),
-                    {
-                        **_fence(run), "end": run.end, "wake_at": run.wake_at, "wait_types": run.wait_types,
-                        "output": run.output_json, "error": run.error_json,
-                    },
-                )  # fmt: skip
+            # (END_FINISHED uses only some of these parameters; psycopg ignores the rest.)
+            answer = await conn.execute(
+                self._sql(queries.END_FINISHED if run.end in ("complete", "errored") else queries.END_RUN),
+                {
+                    **_fence(run), "end": run.end, "wake_at": run.wake_at, "wait_types": run.wait_types,
+                    "output": run.output_json, "error": run.error_json,
+                },
+            )  # fmt: skip
             if run.end in _ENDS_THAT_WAKE:
                 # Runnable again, now or at its timer, for any worker. (A finished or paused
                 # instance gives the others nothing to do: the freed slot is this worker's.)
