@@ -87,7 +87,7 @@ _WATCHED_POLL = 30.0
 _FIRST_RECHECK = 0.001
 """Seconds before a look at writes to the log that could not tell is made again (the next
 pauses double, up to _WRITES_SPACING; then subscribers are woken, to look for themselves)."""
-_WRITES_SPACING = 0.05
+_WRITES_SPACING = 0.01
 """Least seconds between two looks at writes to the log: while commits keep coming, work
 from another process waits up to this long to be noticed; a first commit after a quiet
 moment is noticed at once."""
