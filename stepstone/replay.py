@@ -21,6 +21,7 @@ import functools
 import inspect
 import json
 import logging
+import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -95,6 +96,36 @@ class _Block:
     wakeup: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
+class _Branch:
+    """A task of the run that calls steps: the run's own, or one it started (gather, TaskGroup).
+
+    Concurrent branches call steps in an order that depends on timing: a step's
+    occurrence number, given in call order, can go to another branch's step on replay.
+    So a step is found again by where it was called: its branch's path (the n-th branch
+    that its parent branch started, counted in the order they first call a step; '' is
+    the run itself) and the number of calls of its kind and name in that branch before it.
+    """
+
+    __slots__ = ("calls", "children", "path", "run", "task")
+
+    def __init__(self, run: Run, task: asyncio.Task[Any] | None, path: str) -> None:
+        self.run = run
+        self.task = task
+        self.path = path
+        self.children = 0
+        self.calls: dict[tuple[StepKind, str], int] = {}
+
+    def child(self, task: asyncio.Task[Any] | None) -> _Branch:
+        path = f"{self.path}.{self.children}" if self.path else str(self.children)
+        self.children += 1
+        return _Branch(self.run, task, path)
+
+
+_branch: contextvars.ContextVar[_Branch | None] = contextvars.ContextVar("stepstone_branch", default=None)
+"""The branch of the task at hand: set in the run's task, inherited by the tasks it starts
+(asyncio copies the context into a new task) until they call a step and become branches."""
+
+
 def _read_outcome(future: asyncio.Future[Any]) -> None:
     """Mark a finished future's exception as read: asyncio reports an unread one as an
     error when the future is collected, and where this is called there is nothing to do
@@ -113,9 +144,14 @@ _call_kinds: dict[object, tuple[bool, bool]] = {}
 
 def _call_kind(fn: Callable[..., Any]) -> tuple[bool, bool]:
     """Whether a step function takes the `ctx` keyword argument, and whether it is a
-    coroutine function (cached by code object: a step's function is usually a new closure
-    on every run)."""
-    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    coroutine function.
+
+    Cached by code object for plain functions (a step's function is usually a new closure
+    on every run), but not for those carrying attributes: a decorator's wrapper made with
+    functools.wraps shares one code object among all the functions it wraps, and its
+    signature is the wrapped function's (`__wrapped__`)."""
+    func = getattr(fn, "__func__", fn)
+    code = func.__code__ if type(func) is types.FunctionType and not func.__dict__ else None
     if code is not None:
         kind = _call_kinds.get(code)
         if kind is not None:
@@ -166,6 +202,10 @@ class _Started:
                     return done.value
 
 
+def _overran(key: StepKey, attempt: int, timeout: float) -> StepTimeoutError:
+    return StepTimeoutError(f"step {key.name!r} attempt {attempt} ran over its timeout of {timeout:g} s")
+
+
 def _printable(message: str) -> str:
     """An error message as stored: NUL characters (which PostgreSQL text refuses) written as \\x00."""
     return message.replace("\x00", "\\x00")
@@ -209,7 +249,17 @@ class Run:
         self.seqs: dict[StepKey, int] = {}
         self.next_seq = max((record.seq for record in history), default=0) + 1
         self.step_total = sum(1 for key in self.records if key.kind != "sleep")
-        self.counters: dict[tuple[StepKind, str], int] = {}
+        self.calls: dict[tuple[StepKind, str, str], StepRecord] = {}
+        """The history by where each step was called: (kind, name, 'path#n'); see _Branch."""
+        self.top: dict[tuple[StepKind, str], int] = {}
+        """The highest occurrence number of each kind and name, recorded or given in this run."""
+        for record in history:
+            kind, name, count = record.key.kind, record.key.name, record.key.count
+            self.calls[(kind, name, record.branch or f"#{count}")] = record
+            self.top[(kind, name)] = max(self.top.get((kind, name), 0), count)
+        self.branches: dict[StepKey, str] = {}
+        """Where steps new to the history were called, when that is not '#count'."""
+        self.root = _Branch(self, None, "")
         self.blocked: dict[StepKey, _Block] = {}
         self.inflight = 0
         self.pending: list[StepWrite] = []
@@ -241,7 +291,11 @@ class Run:
             instance_id=self.claim.id,
             workflow_name=self.claim.workflow,
         )
-        self._task = asyncio.ensure_future(self.workflow.run(event, WorkflowStep(self)))
+        context = contextvars.copy_context()
+        context.run(_branch.set, self.root)
+        run = self.workflow.run(event, WorkflowStep(self))
+        self._task = asyncio.get_running_loop().create_task(run, context=context)
+        self.root.task = self._task
         try:
             await asyncio.wait([self._task])
         except asyncio.CancelledError:
@@ -342,6 +396,7 @@ class Run:
                     seq = record.seq
                 else:
                     seq, self.next_seq = self.next_seq, self.next_seq + 1
+                    step.branch = self.branches.get(step.key)
                 self.seqs[step.key] = seq
             step.seq = seq
         return steps
@@ -456,9 +511,29 @@ class Run:
                 value=len(name),
                 limit_name="max_step_name",
             )
-        count = self.counters.get((kind, name), 0) + 1
-        self.counters[(kind, name)] = count
-        return StepKey(kind, name, count)
+        branch = self._branch()
+        n = branch.calls[(kind, name)] = branch.calls.get((kind, name), 0) + 1
+        where = f"{branch.path}#{n}"
+        record = self.calls.get((kind, name, where)) if self.calls else None
+        if record is not None:
+            return record.key
+        count = self.top[(kind, name)] = self.top.get((kind, name), 0) + 1
+        key = StepKey(kind, name, count)
+        if branch.path or n != count:
+            self.branches[key] = where
+        return key
+
+    def _branch(self) -> _Branch:
+        """The branch calling a step now; a task of the run calling its first step becomes one."""
+        branch = _branch.get()
+        if branch is None or branch.run is not self:
+            return self.root  # (not called from the run's tasks)
+        task = asyncio.current_task()
+        if branch.task is task:
+            return branch
+        branch = branch.child(task)
+        _branch.set(branch)
+        return branch
 
     def _count_new_step(self) -> None:
         self.step_total += 1
@@ -556,20 +631,24 @@ class Run:
                 try:
                     yielded = coro.send(None)
                 except StopIteration as done:
-                    return done.value  # it ended without waiting: no timer was needed
+                    result = done.value  # it ended without waiting: no timer was needed
+                else:
+                    async with asyncio.timeout_at(deadline) as limit:
+                        result = await _Started(coro, yielded)
+            else:
                 async with asyncio.timeout_at(deadline) as limit:
-                    return await _Started(coro, yielded)
-            async with asyncio.timeout_at(deadline) as limit:
-                result = await loop.run_in_executor(self.executor, contextvars.copy_context().run, call)
-                if inspect.isawaitable(result):
-                    result = await result
-                return result
+                    result = await loop.run_in_executor(self.executor, contextvars.copy_context().run, call)
+                    if inspect.isawaitable(result):
+                        result = await result
         except TimeoutError:
             if limit is not None and limit.expired():
-                raise StepTimeoutError(
-                    f"step {key.name!r} attempt {attempt} ran over its timeout of {timeout:g} s"
-                ) from None
+                raise _overran(key, attempt, timeout) from None
             raise
+        if loop.time() > deadline:
+            # It overran without a wait at which the timer could stop it (it blocked the
+            # event loop, or ended before the timer's turn came): the attempt still failed.
+            raise _overran(key, attempt, timeout)
+        return result
 
     def sleep(self, name: object, seconds: float | None, *, until: float | None) -> Coroutine[Any, Any, None]:
         return self._sleep(self._next_key("sleep", name), seconds, until)

@@ -94,6 +94,8 @@ class StepRecord:
     """Order in which steps were first recorded within the instance."""
     attempt_log: tuple[Attempt, ...] = ()
     """Every attempt; filled by `history`, empty from `load_steps`."""
+    branch: str | None = None
+    """Where in the run the step was called, as 'path#n' (see StepWrite.branch)."""
 
 
 def attempt_log(
@@ -214,6 +216,11 @@ class StepWrite:
     seq, or for a step not recorded yet one above every seq the run has seen. The SQLite
     store keys an instance's steps by seq, and so needs no lookup by key when it is
     given; PostgreSQL numbers steps itself and finds them by key. None: found by key."""
+    branch: str | None = None
+    """Where in the run the step was called: 'path#n', the n-th call of its kind and name
+    in the branch at `path` of the run's concurrent branches ('' the run itself, '0' its
+    first branch, '0.1' that one's second). None for '#count', as for every step of a run
+    without branches. Written when the step is first recorded, never changed."""
 
 
 RunEnd = Literal["complete", "errored", "waiting", "paused", "queued"]

@@ -78,10 +78,11 @@ def _instance(row: TupleRow) -> InstanceRecord:
 
 def _step(row: Sequence[Any], logged: tuple[Attempt, ...] | None = None) -> StepRecord:
     """A step from its row; with `logged` (its attempt rows, for `history`) its whole attempt log."""
-    seq, kind, name, count, status, result, error_type, error_message, attempts, due_at, started_at, ended_at = row
+    seq, kind, name, count, status, result, error_type, error_message, attempts, due_at, started_at, ended_at = row[:12]
+    branch = row[12]
     return StepRecord(
         StepKey(kind, name, count), status, result, error_type, error_message, attempts, due_at, started_at,
-        ended_at, seq, attempt_log(kind, status, attempts, started_at, ended_at, logged),
+        ended_at, seq, attempt_log(kind, status, attempts, started_at, ended_at, logged), branch,
     )  # fmt: skip
 
 
@@ -95,6 +96,7 @@ def _step_params(run: RunWrite, step: StepWrite) -> dict[str, Any]:
         "kind": step.key.kind, "name": step.key.name, "count": step.key.count, "status": step.status,
         "result": step.result_json, "error_type": step.error_type, "error_message": step.error_message,
         "attempts": step.attempts, "due_at": step.due_at, "started_at": step.started_at, "ended_at": step.ended_at,
+        "branch": step.branch,
     }  # fmt: skip
     if step.new_attempts:
         # The attempts travel as one JSON array: cheaper to send than six parallel arrays,
@@ -384,8 +386,8 @@ class PostgresStore:
         steps = []
         for _, rows in itertools.groupby(await self._fetch(queries.HISTORY, (pk,)), key=lambda row: row[0]):
             group = list(rows)
-            log = tuple(Attempt(*row[12:]) for row in group if row[12] is not None)
-            steps.append(_step(group[0][:12], log))
+            log = tuple(Attempt(*row[13:]) for row in group if row[13] is not None)
+            steps.append(_step(group[0][:13], log))
         return steps
 
     async def events(self, pk: int) -> list[EventRecord]:

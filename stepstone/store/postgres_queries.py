@@ -11,7 +11,7 @@ INSTANCE_COLUMNS = (
 )
 STEP_COLUMNS = (
     "s.seq, s.kind, s.name, s.count, s.status, s.result, s.error_type, s.error_message, s.attempts, s.due_at, "
-    "s.started_at, s.ended_at"
+    "s.started_at, s.ended_at, s.branch"
 )
 
 REGISTER_WORKFLOWS = """
@@ -218,10 +218,10 @@ _TOUCH_LEASED_ROW = f"UPDATE {{s}}.instances SET updated_at = %(now)s WHERE {_LE
 _UPSERT_STEP = """
 WITH leased AS ({leased}), step AS (
     INSERT INTO {s}.steps (instance_pk, kind, name, count, status, result, error_type, error_message, attempts,
-        due_at, started_at, ended_at)
+        due_at, started_at, ended_at, branch)
     SELECT pk, %(kind)s::text, %(name)s::text, %(count)s::integer, %(status)s::text, %(result)s::text,
         %(error_type)s::text, %(error_message)s::text, %(attempts)s::integer, %(due_at)s::double precision,
-        %(started_at)s::double precision, %(ended_at)s::double precision
+        %(started_at)s::double precision, %(ended_at)s::double precision, %(branch)s::text
     FROM leased
     ON CONFLICT (instance_pk, kind, name, count) DO UPDATE SET status = excluded.status, result = excluded.result,
         error_type = excluded.error_type, error_message = excluded.error_message, attempts = excluded.attempts,

@@ -77,7 +77,8 @@ _NEW_INSTANCE_COLUMNS = (
 """An instance's columns as an InstanceRecord takes them, for one just created (no steps)."""
 _INSTANCE_COLUMNS = _NEW_INSTANCE_COLUMNS.replace("updated_at", _LAST_UPDATE)
 _STEP_COLUMNS = (
-    "seq, kind, name, count, status, result, error_type, error_message, attempts, due_at, started_at, ended_at"
+    "seq, kind, name, count, status, result, error_type, error_message, attempts, due_at, started_at, ended_at, "
+    "branch"
 )
 _MAX_BATCH = 512
 _POLL = 0.2
@@ -99,7 +100,8 @@ def _instance(row: sqlite3.Row | tuple[Any, ...]) -> InstanceRecord:
 
 def _step(row: tuple[Any, ...], logged: tuple[Attempt, ...] | None = None) -> StepRecord:
     """A step from its row; with `logged` (its attempt rows, for `history`) its whole attempt log."""
-    seq, kind, name, count, status, result, error_type, error_message, attempts, due_at, started_at, ended_at = row
+    seq, kind, name, count, status, result, error_type, error_message, attempts, due_at, started_at, ended_at = row[:12]
+    branch = row[12]
     return StepRecord(
         StepKey(kind, name, count),
         status,
@@ -112,6 +114,7 @@ def _step(row: tuple[Any, ...], logged: tuple[Attempt, ...] | None = None) -> St
         ended_at,
         seq,
         attempt_log(kind, status, attempts, started_at, ended_at, logged),
+        branch,
     )
 
 
@@ -1104,7 +1107,7 @@ _END_FENCED = (
 
 _STEP_FIELDS = (
     "instance_pk, seq, kind, name, count, status, result, error_type, error_message, attempts, due_at, "
-    "started_at, ended_at, recorded_at"
+    "started_at, ended_at, recorded_at, branch"
 )
 _ADD_STEP = f"INSERT INTO steps ({_STEP_FIELDS}) VALUES ({_marks(_STEP_FIELDS.split(','))}) ON CONFLICT DO NOTHING"
 _ADD_STEP_FENCED = (
@@ -1118,7 +1121,7 @@ def _step_values(pk: int, seq: int, step: StepWrite, now: float) -> tuple[Any, .
     key = step.key
     return (
         pk, seq, key.kind, key.name, key.count, step.status, step.result_json, step.error_type, step.error_message,
-        step.attempts, step.due_at, step.started_at, step.ended_at, now,
+        step.attempts, step.due_at, step.started_at, step.ended_at, now, step.branch,
     )  # fmt: skip
 
 

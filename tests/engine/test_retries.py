@@ -169,6 +169,29 @@ async def test_async_attempt_over_its_timeout_fails_with_step_timeout_error(star
     assert isinstance(captured[0].__cause__, stepstone.StepTimeoutError)
 
 
+async def test_async_attempt_that_overruns_without_awaiting_still_fails_with_step_timeout_error(
+    start_engine: StartEngine,
+) -> None:
+    # No await at which the timer could cancel it: it blocks the loop, and ends late.
+    async def blocks(ctx: StepContext) -> int:
+        if ctx.attempt == 1:
+            time.sleep(0.1)
+        return ctx.attempt
+
+    async def awaits_then_blocks(ctx: StepContext) -> int:
+        await asyncio.sleep(0)
+        if ctx.attempt == 1:
+            time.sleep(0.1)
+        return ctx.attempt
+
+    class Overruns(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            opts: Any = {"timeout": "30 ms", "retries": {"limit": 1, "delay": 0}}
+            return [await step.do("blocks", blocks, **opts), await step.do("later", awaits_then_blocks, **opts)]
+
+    assert (await run_once(start_engine, Overruns)).output == [2, 2]
+
+
 async def test_timed_out_attempt_counts_as_a_failed_attempt_and_is_retried(start_engine: StartEngine) -> None:
     attempts: list[int] = []
 

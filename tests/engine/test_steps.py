@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from datetime import timedelta
 from typing import Any
@@ -179,6 +180,56 @@ async def test_step_function_taking_ctx_sees_name_count_attempt_and_config(start
     ]
 
 
+async def test_functions_wrapped_by_one_decorator_are_each_called_as_they_are_declared(
+    start_engine: StartEngine,
+) -> None:
+    # A functools.wraps wrapper shares one code object among all the functions it wraps;
+    # whether each takes ctx (or is a coroutine function) is its own.
+    def logged(fn: Any) -> Any:
+        if asyncio.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def awrapper(*args: Any, **kwargs: Any) -> Any:
+                return await fn(*args, **kwargs)
+
+            return awrapper
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    @logged
+    def plain() -> str:
+        return "plain"
+
+    @logged
+    def with_ctx(ctx: StepContext) -> str:
+        return f"ctx {ctx.step.name}"
+
+    @logged
+    async def async_plain() -> str:
+        return "async plain"
+
+    @logged
+    async def async_with_ctx(ctx: StepContext) -> str:
+        return f"async ctx {ctx.attempt}"
+
+    class Decorated(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            return [
+                await step.do("a", plain),
+                await step.do("b", with_ctx),
+                await step.do("c", async_plain),
+                await step.do("d", async_with_ctx),
+                await step.do("e", plain),
+            ]
+
+    st = await run_once(start_engine, Decorated)
+    assert (st.status, st.output) == ("complete", ["plain", "ctx b", "async plain", "async ctx 1", "plain"])
+
+
 async def test_ctx_attempt_counts_up_with_each_retry(start_engine: StartEngine) -> None:
     seen: list[int] = []
 
@@ -346,6 +397,83 @@ async def test_steps_in_a_task_group_keep_their_identity_across_a_replay(start_e
 
     assert (await run_once(start_engine, InTaskGroup)).output == ["a.png", "b.png"]
     assert sorted(calls.log) == ["upload-1", "upload-2"]
+
+
+async def test_branches_calling_one_step_name_after_waits_of_different_lengths_keep_their_steps(
+    start_engine: StartEngine,
+) -> None:
+    # Branch 0 calls "fetch" first but finishes it last, so branch 1 calls "process" first.
+    # On replay both fetches return at once and branch 0 calls "process" first: each
+    # branch must still get its own recorded "process" (and "fetch"), not the other's.
+    calls = Calls()
+    seen: list[tuple[int, str, int, Any]] = []
+
+    class SameNames(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            async def branch(i: int, delay: float) -> list[Any]:
+                async def fetch() -> int:
+                    calls.note(f"fetch {i}")
+                    await asyncio.sleep(delay)
+                    return i
+
+                fetched = await step.do("fetch", fetch)
+
+                def process(ctx: StepContext) -> dict[str, int]:
+                    calls.note(f"process {i}")
+                    return {"branch": i, "count": ctx.step.count}
+
+                processed = await step.do("process", process)
+                seen.append((i, "process", processed["count"], processed["branch"]))
+                await step.sleep(f"nap {i}", "10 ms")  # the run is replayed after this
+                return [fetched, processed["branch"]]
+
+            return await asyncio.gather(branch(0, 0.3), branch(1, 0.0))
+
+    st = await run_once(start_engine, SameNames)
+    assert (st.status, st.output) == ("complete", [[0, 0], [1, 1]])
+    assert sorted(calls.log) == ["fetch 0", "fetch 1", "process 0", "process 1"]
+    # Live, branch 1 called "process" first (#1), branch 0 second (#2); every replay agrees.
+    assert {(i, count) for i, _, count, _ in seen} == {(1, 1), (0, 2)}
+    assert all(i == branch for i, _, _, branch in seen)
+
+
+async def test_nested_branches_keep_their_steps_across_a_crash_like_replay(start_engine: StartEngine) -> None:
+    # Branches started by branches (a TaskGroup inside gather) and a step of one name in
+    # the run itself between them: every step comes back to the call that made it.
+    calls = Calls()
+
+    class Nested(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            async def leaf(tag: str, delay: float) -> Any:
+                async def work() -> str:
+                    calls.note(tag)
+                    await asyncio.sleep(delay)
+                    return tag
+
+                first = await step.do("work", work)
+                second = await step.do("work", calls.returning(f"{tag} again", f"{tag}+"))
+                return [first, second]
+
+            async def group(tag: str, delays: tuple[float, float]) -> Any:
+                async with asyncio.TaskGroup() as tg:
+                    a = tg.create_task(leaf(f"{tag}a", delays[0]))
+                    b = tg.create_task(leaf(f"{tag}b", delays[1]))
+                return [a.result(), b.result()]
+
+            head = await step.do("work", calls.returning("head", "head"))
+            both = await asyncio.gather(group("x", (0.2, 0.0)), group("y", (0.0, 0.1)))
+            await step.sleep("replay", "10 ms")
+            tail = await step.do("work", calls.returning("tail", "tail"))
+            return [head, both, tail]
+
+    st = await run_once(start_engine, Nested)
+    assert st.status == "complete", st.error
+    assert st.output == [
+        "head",
+        [[["xa", "xa+"], ["xb", "xb+"]], [["ya", "ya+"], ["yb", "yb+"]]],
+        "tail",
+    ]
+    assert len(calls.log) == len(set(calls.log)) == 10  # every step ran once
 
 
 async def test_sleeping_branch_does_not_rerun_the_finished_steps_of_its_siblings(start_engine: StartEngine) -> None:

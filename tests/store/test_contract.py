@@ -837,6 +837,24 @@ async def test_values_and_times_survive_the_round_trip_exactly(store: Store) -> 
     assert recorded.attempt_log == (Attempt(1, at, at + 1e-6, "ok", None, "é"),)
 
 
+async def test_where_a_step_was_called_is_kept_from_its_first_write(store: Store) -> None:
+    leased = await start(store, "x")
+    key = StepKey("do", "fetch", 2)
+    first = StepWrite(key, "waiting", T0, attempts=1, due_at=T0 + 5, branch="0.1#1")
+    plain = StepWrite(StepKey("do", "fetch", 1), "complete", T0, "1", attempts=1, ended_at=T0)
+    await store.write(RunWrite(leased.pk, leased.token, T0, steps=[plain, first]))
+    # Later writes of the step do not carry it (and could not change it).
+    await store.write(RunWrite(leased.pk, leased.token, T0 + 6, steps=[StepWrite(key, "complete", T0, "2", 2)]))
+    for steps in (await store.load_steps(leased.pk), await store.history(leased.pk)):
+        assert [(s.key, s.status, s.branch) for s in steps] == [
+            (StepKey("do", "fetch", 1), "complete", None),
+            (key, "complete", "0.1#1"),
+        ]
+    await end(store, leased, "waiting", now=T0 + 7, wake_at=T0 + 8)
+    (resumed,) = await claim(store, "w2", now=T0 + 8)
+    assert [s.branch for s in resumed.steps or ()] == [None, "0.1#1"]
+
+
 async def test_a_write_with_a_stale_token_changes_nothing(store: Store) -> None:
     leased = await start(store, "x")
     seq = await store.send_event(WF, "x", "t", "1", T0)
