@@ -844,7 +844,8 @@ async def test_where_a_step_was_called_is_kept_from_its_first_write(store: Store
     plain = StepWrite(StepKey("do", "fetch", 1), "complete", T0, "1", attempts=1, ended_at=T0)
     await store.write(RunWrite(leased.pk, leased.token, T0, steps=[plain, first]))
     # Later writes of the step do not carry it (and could not change it).
-    await store.write(RunWrite(leased.pk, leased.token, T0 + 6, steps=[StepWrite(key, "complete", T0, "2", attempts=2)]))
+    done = StepWrite(key, "complete", T0, "2", attempts=2)
+    await store.write(RunWrite(leased.pk, leased.token, T0 + 6, steps=[done]))
     for steps in (await store.load_steps(leased.pk), await store.history(leased.pk)):
         assert [(s.key, s.status, s.branch) for s in steps] == [
             (StepKey("do", "fetch", 1), "complete", None),
