@@ -181,6 +181,10 @@ class Engine:
         if self._worker is not None:
             self._worker.poke(pk)
 
+    def hold(self, pk: int, pause: bool) -> None:
+        if self._worker is not None:
+            self._worker.hold(pk, pause)
+
     def revoke(self, pk: int) -> None:
         if self._worker is not None:
             self._worker.revoke(pk)

@@ -205,11 +205,14 @@ class Instance:
 
     async def pause(self) -> None:
         """Stop before the next step (a running step finishes first: `waitingForPause`)."""
-        await self._engine.store.control(self.workflow, self.id, "pause", clock.now())
+        record = await self._engine.store.control(self.workflow, self.id, "pause", clock.now())
+        if record.status == "waitingForPause":
+            self._engine.hold(self._pk, True)  # a run here stops before its next step
 
     async def resume(self) -> None:
         """Continue a paused instance (or cancel a pending pause)."""
         await self._engine.store.control(self.workflow, self.id, "resume", clock.now())
+        self._engine.hold(self._pk, False)
         self._engine.wake()
 
     async def terminate(self) -> None:

@@ -318,6 +318,10 @@ class Run:
             return await self._suspend_write(self.suspend_blocks)
         if isinstance(failure, Stopped):
             return None
+        if self.pause_requested and (failure is None or not isinstance(failure, Suspend | Stopped)):
+            # The run ended (complete or errored) after a step during which a pause was asked:
+            # the instance pauses when that step ends, and ends when resumed (by a replay).
+            return await self._end("paused")
         if isinstance(failure, StepFailed):
             error = {"name": failure.error_type, "message": failure.message, "step": failure.step}
             return await self._end("errored", error=error)
@@ -433,6 +437,12 @@ class Run:
         self.stopped = True
         if self._task is not None:
             self._task.cancel()
+
+    def hold(self, pause: bool) -> None:
+        """A pause was asked (or withdrawn) in this process: steps not started yet wait for it."""
+        self.pause_requested = pause
+        if pause:
+            self._maybe_suspend()  # every branch already waits: the run stops now
 
     def poke(self) -> None:
         """An event arrived for this instance: wake the branches waiting for one."""

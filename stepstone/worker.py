@@ -205,6 +205,13 @@ class Worker:
             active.run.poke()
         self.wake()
 
+    def hold(self, pk: int, pause: bool) -> None:
+        """A pause of instance `pk` was asked (or, `pause` False, withdrawn): if it runs
+        here, it stops before its next step without waiting to hear it from the store."""
+        active = self.active.get(pk)
+        if active is not None and active.run is not None:
+            active.run.hold(pause)
+
     def revoke(self, pk: int) -> None:
         """Instance `pk` was terminated, restarted or deleted: abandon its run here."""
         active = self.active.get(pk)

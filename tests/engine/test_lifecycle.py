@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
@@ -186,6 +187,60 @@ async def test_pause_while_a_step_runs_waits_for_the_step_then_pauses_before_the
     assert (await finish(inst)).output == "done"
     assert states.gate(inst).calls == 1
     assert states.calls.count(f"begin:{inst.id}") == 1
+
+
+async def test_pause_during_the_last_step_pauses_when_it_ends_and_resume_completes(
+    start_engine: StartEngine,
+) -> None:
+    gate = Gate()
+
+    class OneStep(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            await step.do("only", gate.hold)
+            return "done"
+
+    engine = await start_engine(OneStep)
+    inst = await engine.workflow(OneStep).create()
+    await until(lambda: gate.calls == 1, "the step to start")
+    await inst.pause()
+    assert (await inst.status()).status == "waitingForPause"
+    gate.release()
+    await wait_for_status(inst, "paused")  # "it pauses when that step ends"
+    await stays(inst, "paused", 0.2)
+    await inst.resume()
+    st = await finish(inst)
+    assert (st.status, st.output) == ("complete", "done")
+    assert gate.calls == 1
+
+
+async def test_pause_between_steps_stops_the_run_before_its_next_step(start_engine: StartEngine) -> None:
+    # The pause reaches the store while the run is between two steps (awaiting something
+    # that is not a step): the next step must not start.
+    between, go_on = asyncio.Event(), asyncio.Event()
+    calls = Calls()
+
+    class TwoSteps(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            await step.do("first", calls.returning("first"))
+            between.set()
+            await go_on.wait()
+            go_on.clear()
+            return await step.do("second", calls.returning("second", "done"))
+
+    engine = await start_engine(TwoSteps)
+    inst = await engine.workflow(TwoSteps).create()
+    await asyncio.wait_for(between.wait(), 10)
+    await inst.pause()
+    go_on.set()
+    await wait_for_status(inst, "paused")
+    await stays(inst, "paused", 0.2)
+    assert calls.count("second") == 0
+    await inst.resume()
+    await until(lambda: between.is_set(), "the replay")
+    go_on.set()
+    st = await finish(inst)
+    assert (st.status, st.output) == ("complete", "done")
+    assert (calls.count("first"), calls.count("second")) == (1, 1)
 
 
 async def test_resume_while_waiting_for_pause_cancels_the_pause(states: States) -> None:
