@@ -7,7 +7,8 @@ $STEPSTONE_CRASH_JOURNAL, written in one `write` and fsynced before the body goe
 
 so a test can count how often each body ran, in which process (pid) and when (epoch
 seconds, the engine's clock), even when the process was SIGKILLed right after. Step
-names are unique within each workflow, so (instance, step, attempt) names one attempt.
+names are unique within each workflow but Branches, so (instance, step, attempt) names
+one attempt.
 Some bodies also note when they return, in the same format, in the journal's
 companion file (its name + ".returned"; see `journal_return`).
 
@@ -248,6 +249,41 @@ class Handover(Workflow):
         return {"first": first, "slow": slow_pid, "last": last}
 
 
-WORKFLOWS: list[type[Workflow]] = [MultiStep, Sleeper, Retrier, Approval, Suicide, TakenThenKilled, Handover]
+class Branches(Workflow):
+    """Two concurrent branches calling steps of the same two names, "fetch" then "process".
+
+    Branch 0 calls "fetch" first but its body takes longer, so live it calls "process"
+    second; on replay both fetches are recorded and it calls "process" first. Branch 0's
+    "process" body sleeps `slow` seconds the first time it runs (for a kill to land in).
+    The only workflow whose step names repeat: its journal labels are "fetch-0",
+    "fetch-1", "process-0", "process-1".
+
+    params: {"slow": seconds}. Output: [[0, "p0"], [1, "p1"]].
+    """
+
+    name = "crash-branches"
+
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        p, me = params(event), event.instance_id
+
+        async def branch(i: int, fetch_delay: float) -> list[Any]:
+            def fetch(ctx: StepContext) -> int:
+                journal(me, f"fetch-{i}", ctx.attempt)
+                time.sleep(fetch_delay)
+                return i
+
+            def process(ctx: StepContext) -> str:
+                if journal(me, f"process-{i}", ctx.attempt) == 1 and i == 0:
+                    time.sleep(float(p["slow"]))
+                return f"p{i}"
+
+            return [await step.do("fetch", fetch), await step.do("process", process)]
+
+        return list(await asyncio.gather(branch(0, 0.3), branch(1, 0.0)))
+
+
+WORKFLOWS: list[type[Workflow]] = [
+    MultiStep, Sleeper, Retrier, Approval, Suicide, TakenThenKilled, Handover, Branches,
+]  # fmt: skip
 
 engine = Engine(workflows=WORKFLOWS, lease_seconds=float(os.environ.get(LEASE_ENV) or 30.0))

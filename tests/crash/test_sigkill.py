@@ -108,6 +108,37 @@ async def test_step_killed_mid_body_runs_again_and_recorded_steps_do_not(cluster
     cluster.assert_no_errors()
 
 
+async def test_concurrent_branches_resumed_after_a_kill_keep_their_own_steps(cluster: Cluster) -> None:
+    # Live, branch 1 calls "process" first (#1); branch 0 calls it second and is killed in
+    # it. The next worker's replay has branch 0 call "process" first: it must run its own
+    # step again, not take branch 1's recorded result.
+    first = await cluster.start_worker()
+    client = await cluster.client()
+    inst = await client.workflow("crash-branches").create(id="branches", params={"slow": 30})
+    await eventually(
+        functools.partial(body_started, cluster, inst, "process-0"), timeout=TAKEOVER, what="branch 0's process"
+    )
+    cluster.kill(first)
+    detail = await inst.describe()
+    assert sorted((s.name, s.count, s.status) for s in detail.steps) == [
+        ("fetch", 1, "complete"),
+        ("fetch", 2, "complete"),
+        ("process", 1, "complete"),
+    ]
+
+    second = await cluster.start_worker()
+    final = await inst.wait(timeout=TAKEOVER)
+    assert (final.status, final.output) == ("complete", [[0, "p0"], [1, "p1"]])
+    for label in ("fetch-0", "fetch-1", "process-1"):
+        assert [r.pid for r in cluster.runs(inst.id, label)] == [first.pid], label
+    assert [r.pid for r in cluster.runs(inst.id, "process-0")] == [first.pid, second.pid]
+    done = await inst.describe()
+    assert sorted((s.name, s.status) for s in done.steps) == [
+        ("fetch", "complete"), ("fetch", "complete"), ("process", "complete"), ("process", "complete"),
+    ]  # fmt: skip
+    cluster.assert_no_errors()
+
+
 async def test_sleep_that_fell_due_while_no_worker_ran_fires_promptly(cluster: Cluster) -> None:
     first = await cluster.start_worker()
     client = await cluster.client()
