@@ -211,6 +211,15 @@ def _printable(message: str) -> str:
     return message.replace("\x00", "\\x00")
 
 
+def _encodable(text: str) -> bool:
+    """Whether text can be stored: UTF-8 has no encoding of a lone surrogate ("\\ud800")."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _first_leaf(exc: BaseException | None) -> BaseException | None:
     """The exception itself, or the first one inside an exception group (asyncio.TaskGroup)."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
@@ -511,8 +520,11 @@ class Run:
     # -- steps ------------------------------------------------------------------------------
 
     def _next_key(self, kind: StepKind, name: object) -> StepKey:
-        if not isinstance(name, str) or not name or "\x00" in name:
-            raise InvalidInputError(f"invalid step name {name!r}: expected a non-empty string without NUL characters")
+        if not isinstance(name, str) or not name or "\x00" in name or not (name.isascii() or _encodable(name)):
+            raise InvalidInputError(
+                f"invalid step name {name!r}: expected a non-empty string of Unicode text "
+                "(no NUL characters or lone surrogates)"
+            )
         if len(name) > self.limits.max_step_name:
             raise LimitExceededError(
                 f"step name {name[:40]!r}... is {len(name)} characters; limit is "

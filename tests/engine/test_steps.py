@@ -8,6 +8,8 @@ import threading
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 import stepstone
 from stepstone import StepContext, StepFailed, Workflow, WorkflowEvent, WorkflowStep
 
@@ -554,20 +556,21 @@ async def test_step_names_may_hold_any_characters(start_engine: StartEngine) -> 
     assert (await run_once(start_engine, OddNames)).output == names
 
 
-async def test_step_name_with_a_nul_character_raises_invalid_input_without_running_the_function(
-    start_engine: StartEngine,
+@pytest.mark.parametrize("name", ["nul\x00byte", "lone \ud800 surrogate"], ids=["nul", "surrogate"])
+async def test_step_name_that_cannot_be_stored_raises_invalid_input_without_running_the_function(
+    start_engine: StartEngine, name: str
 ) -> None:
     calls = Calls()
 
-    class NulName(Workflow):
+    class OddName(Workflow):
         async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
             try:
-                await step.do("nul\x00byte", calls.returning("ran"))
-            except stepstone.InvalidInputError:
-                return "rejected"
+                await step.do(name, calls.returning("ran"))
+            except stepstone.InvalidInputError as exc:
+                return ["rejected", repr(name) in str(exc)]
             return "accepted"
 
-    assert (await run_once(start_engine, NulName)).output == "rejected"
+    assert (await run_once(start_engine, OddName)).output == ["rejected", True]
     assert calls.log == []
 
 
