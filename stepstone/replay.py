@@ -535,14 +535,14 @@ class Run:
             )
         branch = self._branch()
         n = branch.calls[(kind, name)] = branch.calls.get((kind, name), 0) + 1
-        where = f"{branch.path}#{n}"
-        record = self.calls.get((kind, name, where)) if self.calls else None
-        if record is not None:
-            return record.key
+        if self.calls:
+            record = self.calls.get((kind, name, f"{branch.path}#{n}"))
+            if record is not None:
+                return record.key
         count = self.top[(kind, name)] = self.top.get((kind, name), 0) + 1
         key = StepKey(kind, name, count)
         if branch.path or n != count:
-            self.branches[key] = where
+            self.branches[key] = f"{branch.path}#{n}"
         return key
 
     def _branch(self) -> _Branch:
