@@ -207,8 +207,12 @@ def _overran(key: StepKey, attempt: int, timeout: float) -> StepTimeoutError:
 
 
 def _printable(message: str) -> str:
-    """An error message as stored: NUL characters (which PostgreSQL text refuses) written as \\x00."""
-    return message.replace("\x00", "\\x00")
+    """An error message as stored: NUL characters (which PostgreSQL text refuses) written as
+    \\x00, and lone surrogates (which no UTF-8 text holds) as their \\udXXX escapes."""
+    text = message.replace("\x00", "\\x00")
+    if not text.isascii() and not _encodable(text):
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _encodable(text: str) -> bool:

@@ -123,6 +123,25 @@ async def test_error_message_with_a_nul_character_reads_the_same_live_and_on_rep
     assert messages[0] == messages[1]  # replay sees what the live run saw
 
 
+async def test_error_messages_with_lone_surrogates_are_recorded_escaped(start_engine: StartEngine) -> None:
+    # "\ud800" has no UTF-8 form, so no database text holds it: it is kept as its escape,
+    # the same live and on replay, and the instance still ends.
+    messages: list[str] = []
+
+    class SurrogateMessage(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            try:
+                await step.do("parse", Calls().raising("p", ValueError("bad \ud800 text")), retries=NO_RETRY)
+            except StepFailed as exc:
+                messages.append(exc.message)
+                await step.sleep("replay", "10 ms")
+            raise RuntimeError("gave up on \udcff")
+
+    st = await run_once(start_engine, SurrogateMessage)
+    assert (st.status, st.error) == ("errored", {"name": "RuntimeError", "message": "gave up on \\udcff"})
+    assert messages == ["bad \\ud800 text"] * 2
+
+
 async def test_workflow_catching_step_failed_can_compensate_and_complete(start_engine: StartEngine) -> None:
     calls = Calls()
 
