@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sqlite3
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from stepstone import __version__
+from stepstone.cli.options import app_db_option, group_options
 from stepstone.errors import (
     InstanceExistsError,
     InstanceNotFoundError,
@@ -38,6 +41,16 @@ def fail(exc: BaseException) -> NoReturn:
         code = EXIT_ERROR
     click.echo(f"error: {exc}", err=True)
     sys.exit(code)
+
+
+def store_error(url: str, exc: sqlite3.Error) -> StepstoneError:
+    """The error to show for a SQLite store that cannot be opened or used: its URL and file, and what is wrong."""
+    from stepstone.store.sqlite import path_from_url
+
+    path = path_from_url(url)  # the store was made from this URL, so it has a path
+    if Path(path).is_dir():
+        return StepstoneError(f"SQLite store {url}: {path!r} is a directory, not a database file")
+    return StepstoneError(f"SQLite store {url} (file {path!r}): {exc}")
 
 
 async def _serve(engine: Engine) -> None:
@@ -73,9 +86,12 @@ def _load(app: str, db: str | None, concurrency: int | None, *, worker: bool) ->
 def _run_worker(app: str, db: str | None, concurrency: int | None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(_serve(_load(app, db, concurrency, worker=True)))
+        engine = _load(app, db, concurrency, worker=True)
+        asyncio.run(_serve(engine))
     except StepstoneError as exc:
         fail(exc)
+    except sqlite3.Error as exc:
+        fail(store_error(engine.url, exc))
 
 
 def _run_api(app: str, db: str | None, host: str, port: int, *, worker: bool, concurrency: int | None = None) -> None:
@@ -88,20 +104,20 @@ def _run_api(app: str, db: str | None, host: str, port: int, *, worker: bool, co
         server.run(engine, host=host, port=port)
     except StepstoneError as exc:
         fail(exc)
+    except sqlite3.Error as exc:
+        fail(store_error(engine.url, exc))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="stepstone")
+@group_options
 def main() -> None:
     """stepstone: durable workflows on SQLite or PostgreSQL."""
 
 
-_db_option = click.option("--db", metavar="URL", help="Database URL; overrides the APP's Engine URL.")
-
-
 @main.command()
 @click.argument("app")
-@_db_option
+@app_db_option
 @click.option("--concurrency", type=int, help="Instances run at once by this worker.")
 def worker(app: str, db: str | None, concurrency: int | None) -> None:
     """Run a worker for APP (module:attribute or path/to/file.py[:attribute])."""
@@ -116,7 +132,7 @@ _port_option = click.option(
 
 @main.command()
 @click.argument("app")
-@_db_option
+@app_db_option
 @_host_option
 @_port_option
 def serve(app: str, db: str | None, host: str, port: int) -> None:
@@ -130,7 +146,7 @@ def serve(app: str, db: str | None, host: str, port: int) -> None:
 
 @main.command()
 @click.argument("app")
-@_db_option
+@app_db_option
 @click.option("--concurrency", type=int, help="Instances run at once by this worker.")
 @_host_option
 @_port_option

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -12,28 +13,21 @@ import click
 
 from stepstone import clock
 from stepstone.cli import output
+from stepstone.cli.options import common_options, group_options
 from stepstone.errors import InvalidInputError, StepstoneError
 
-F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
-
-
-def common_options(fn: F) -> F:
-    """--db and --json, accepted after any subcommand."""
-    fn = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(fn)
-    fn = click.option(
-        "--db", metavar="URL", envvar="STEPSTONE_DATABASE_URL", help="Database URL [$STEPSTONE_DATABASE_URL]."
-    )(fn)
-    return fn
 
 
 def run_client(db: str | None, action: Callable[[Any], Awaitable[T]]) -> T:
     """Run `action(engine)` with a client Engine (no worker) on `db`; errors end the process."""
-    from stepstone.cli import fail
+    from stepstone.cli import fail, store_error
     from stepstone.engine import Engine
 
+    engine = Engine(db, worker=False)  # no --db: $STEPSTONE_DATABASE_URL, or the default
+
     async def main() -> T:
-        async with Engine(db, worker=False) as engine:
+        async with engine:
             return await action(engine)
 
     try:
@@ -42,6 +36,8 @@ def run_client(db: str | None, action: Callable[[Any], Awaitable[T]]) -> T:
         fail(exc)
     except OSError as exc:  # the database server is unreachable, a file cannot be opened
         fail(exc)
+    except sqlite3.Error as exc:  # the file is a directory, or not a SQLite database
+        fail(store_error(engine.url, exc))
 
 
 def parse_json(value: str | None, option: str) -> Any:
@@ -57,6 +53,7 @@ def parse_json(value: str | None, option: str) -> Any:
 
 
 @click.group()
+@group_options
 def workflows() -> None:
     """Workflows recorded in the store."""
 
@@ -76,6 +73,7 @@ def workflows_list(db: str | None, as_json: bool) -> None:
 
 
 @click.group()
+@group_options
 def instances() -> None:
     """Inspect and steer the instances of a workflow."""
 

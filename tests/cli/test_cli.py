@@ -22,9 +22,9 @@ APP = str(Path(__file__).with_name("app.py"))
 STEPSTONE = [sys.executable, "-m", "stepstone"]
 
 
-def cli(*args: str, url: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, url: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "STEPSTONE_DATABASE_URL": url}
-    result = subprocess.run([*STEPSTONE, *args], capture_output=True, text=True, env=env, timeout=60)
+    result = subprocess.run([*STEPSTONE, *args], capture_output=True, text=True, env=env, timeout=60, cwd=cwd)
     if check and result.returncode != 0:
         raise AssertionError(f"stepstone {' '.join(args)} exited {result.returncode}: {result.stderr}")
     return result
@@ -151,6 +151,91 @@ def test_app_forms_and_bad_apps(registered: str, tmp_path: Path) -> None:
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=10) == 0
             process.stderr.close()
+
+
+def test_apps_that_cannot_be_imported_are_one_line_errors(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/unused.db"
+    (tmp_path / "syntax.py").write_text("engine = None\ndef broken(:\n    pass\n")
+    (tmp_path / "imports.py").write_text("import no_such_module_here\n")
+    (tmp_path / "raises.py").write_text("raise RuntimeError('no config\\nfound')\n")
+    (tmp_path / "app_syntax").mkdir()
+    (tmp_path / "app_syntax" / "__init__.py").write_text("def broken(:\n")
+    for app in ("", ":engine", ".relative", "..", "not-a-module"):
+        result = cli("worker", app, url=url, check=False)
+        assert_one_line_error(result, 2)
+        assert f"invalid APP {app!r}" in result.stderr
+    syntax = cli("worker", str(tmp_path / "syntax.py"), url=url, check=False)
+    assert_one_line_error(syntax, 2)
+    assert "syntax.py" in syntax.stderr and "line 2" in syntax.stderr and "SyntaxError" in syntax.stderr
+    imports = cli("serve", str(tmp_path / "imports.py"), url=url, check=False)
+    assert_one_line_error(imports, 2)
+    assert "ModuleNotFoundError: No module named 'no_such_module_here'" in imports.stderr
+    raises = cli("dev", f"{tmp_path / 'raises.py'}:engine", url=url, check=False)
+    assert_one_line_error(raises, 2)
+    assert "RuntimeError: no config found" in raises.stderr and "raises.py, line 1" in raises.stderr
+    module = cli("worker", "app_syntax:engine", url=url, check=False, cwd=tmp_path)
+    assert_one_line_error(module, 2)
+    assert "__init__.py" in module.stderr and "line 1" in module.stderr and "SyntaxError" in module.stderr
+
+
+@pytest.mark.parametrize("bad", ["directory", "not_a_database"])
+def test_a_sqlite_store_that_cannot_be_opened_is_a_one_line_error(bad: str, tmp_path: Path) -> None:
+    if bad == "directory":
+        path = tmp_path
+    else:
+        path = tmp_path / "junk.db"
+        path.write_text("these are not the pages of a SQLite database\n" * 100)
+    url = f"sqlite:///{path}"
+    for command in (
+        ["workflows", "list", "--db", url],
+        ["instances", "list", "greeter", "--db", url],
+        ["trigger", "greeter", "{}"],  # the URL from $STEPSTONE_DATABASE_URL
+        ["worker", APP, "--db", url],
+        ["serve", APP, "--db", url, "--port", "0"],
+        ["dev", APP, "--db", url, "--port", "0"],
+    ):
+        result = cli(*command, url=url, check=False)
+        assert_one_line_error(result, 1)
+        assert url in result.stderr and str(path) in result.stderr, result.stderr
+        assert ("directory" if bad == "directory" else "not a database") in result.stderr
+
+
+def test_an_unreachable_postgres_store_is_a_one_line_error() -> None:
+    url = "postgresql://nobody@127.0.0.1:1/nothing"
+    for command in (["workflows", "list"], ["instances", "list", "greeter", "--db", url], ["worker", APP, "--db", url]):
+        result = cli(*command, url=url, check=False)
+        assert_one_line_error(result, 1)
+        assert "cannot connect to PostgreSQL at postgresql://nobody@127.0.0.1:1/nothing" in result.stderr
+
+
+def test_db_and_json_may_come_before_the_subcommand(registered: str, tmp_path: Path) -> None:
+    elsewhere = f"sqlite:///{tmp_path}/missing-directory/stepstone.db"  # $STEPSTONE_DATABASE_URL: not used
+    cli("--db", registered, "trigger", "greeter", "{}", "--id", "early", url=elsewhere)
+    for args in (
+        ["--db", registered, "--json", "instances", "list", "greeter"],
+        ["instances", "--db", registered, "--json", "list", "greeter"],
+        ["--json", "instances", "--db", registered, "list", "greeter"],
+        ["--db", elsewhere, "instances", "list", "greeter", "--db", registered, "--json"],  # the later one wins
+        ["--db", elsewhere, "instances", "--db", registered, "list", "greeter", "--json"],
+    ):
+        assert [row["id"] for row in json.loads(cli(*args, url=elsewhere).stdout)] == ["early"], args
+    workflows = json.loads(cli("workflows", "--json", "--db", registered, "list", url=elsewhere).stdout)
+    assert workflows == [{"name": "greeter", "counts": {"queued": 1}}]
+    wrong_last = cli("instances", "--db", registered, "list", "greeter", "--db", elsewhere, url=registered, check=False)
+    assert_one_line_error(wrong_last, 2)
+    process = subprocess.Popen(
+        [*STEPSTONE, "--db", registered, "worker", APP],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "STEPSTONE_DATABASE_URL": elsewhere},  # the app's Engine URL, which --db overrides
+    )
+    assert process.stderr is not None
+    try:
+        assert "ready" in process.stderr.readline()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+        process.stderr.close()
 
 
 def test_trigger_wait_shows_how_the_instance_ended(registered: str, worker: subprocess.Popen[str]) -> None:
