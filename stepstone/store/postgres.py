@@ -155,6 +155,9 @@ def _conninfo(url: str) -> str:
         params = conninfo_to_dict(libpq_url)
     except psycopg.ProgrammingError as exc:
         raise InvalidInputError(f"invalid PostgreSQL URL {redact(url)!r}: {exc}") from None
+    for port in str(params.get("port") or "").split(","):
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise InvalidInputError(f"invalid PostgreSQL URL {redact(url)!r}: port {port!r} is not a number 1-65535")
     if "connect_timeout" in params:
         return libpq_url
     return make_conninfo(libpq_url, connect_timeout=_CONNECT_TIMEOUT)

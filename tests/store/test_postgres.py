@@ -102,6 +102,12 @@ def test_a_schema_name_must_be_an_identifier(pg_url: str, schema: str) -> None:
         PostgresStore(pg_url, schema=schema)
 
 
+@pytest.mark.parametrize("port", ["notaport", "0", "65536", "-1"])
+def test_a_port_must_be_a_number_in_range(port: str) -> None:
+    with pytest.raises(InvalidInputError, match=f"port '{port}' is not a number"):
+        PostgresStore(f"postgresql://u@127.0.0.1:{port}/db")
+
+
 @pytest.mark.parametrize(("low", "high"), [(0, 5), (3, 2), (1, 1)])
 def test_the_pool_needs_room_for_the_writer_and_readers(pg_url: str, low: int, high: int) -> None:
     with pytest.raises(InvalidInputError, match="pool size"):
