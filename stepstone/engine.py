@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
@@ -29,6 +30,14 @@ def resolve_url(url: str | None) -> str:
     if not isinstance(url, str):
         raise InvalidInputError(f"invalid database URL {url!r}: expected a string")
     return url
+
+
+def _running_on(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether the caller runs on `loop` (a coroutine or callback of it)."""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
 class Engine:
@@ -79,6 +88,8 @@ class Engine:
         self._worker: Worker | None = None
         self._executor: DaemonThreadPool | None = None
         self._known: set[str] = set()
+        """Names recorded in the store as last read (at start, then at each unknown name)."""
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
         self._end_watchers: dict[int, list[asyncio.Future[InstanceStatus | None]]] = {}
 
@@ -100,6 +111,7 @@ class Engine:
         store = stores.from_url(self.url, **self._store_options)
         await store.open()
         self._store = store
+        self._loop = asyncio.get_running_loop()
         try:
             if self.workflows:
                 await store.register_workflows(sorted(self.workflows), clock.now())
@@ -131,6 +143,7 @@ class Engine:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
         store, self._store = self._store, None
+        self._loop = None
         if store is not None:
             await store.close()
 
@@ -143,14 +156,59 @@ class Engine:
     # -- workflows --------------------------------------------------------------------------
 
     def workflow(self, workflow: str | type[Workflow]) -> WorkflowHandle:
-        """A handle on a workflow, by name or class; WorkflowNotFoundError if unknown."""
+        """A handle on a workflow, by name or class; WorkflowNotFoundError if unknown.
+
+        Known are the workflows this engine serves and those any Engine has recorded in the
+        store. A name not known when this engine last looked makes it look again (once
+        started): another process may have recorded it since.
+        """
         name = name_of(workflow)
-        if name not in self.workflows and name not in self._known:
+        if not self._knows(name) and self._store is not None:
+            self._known = self._recorded_workflows()
+        return self._handle(name)
+
+    async def find_workflow(self, workflow: str | type[Workflow]) -> WorkflowHandle:
+        """As `workflow()`, but reading the store for a name not known yet without blocking
+        the event loop (for servers)."""
+        name = name_of(workflow)
+        if not self._knows(name) and self._store is not None:
+            self._known = set(await self._store.workflow_names())
+        return self._handle(name)
+
+    def _knows(self, name: str) -> bool:
+        return name in self.workflows or name in self._known
+
+    def _handle(self, name: str) -> WorkflowHandle:
+        if not self._knows(name):
             known = sorted(set(self.workflows) | self._known)
             raise WorkflowNotFoundError(
                 f"unknown workflow {name!r}; known workflows: {', '.join(known) if known else 'none'}"
             )
         return WorkflowHandle(self, name)
+
+    def _recorded_workflows(self) -> set[str]:
+        """The names recorded in the store now, read without `await` (`workflow()` is not async).
+
+        From another thread (BlockingClient's callers, a sync step function), the engine's
+        own store reads them on its event loop. On that loop itself, which this call holds,
+        the store's connections cannot answer: a store opened for the purpose reads them on
+        a thread of its own, the caller waiting for it (a few milliseconds, for unknown
+        names only).
+        """
+        loop = self._loop
+        if loop is not None and loop.is_running() and not _running_on(loop):
+            return set(asyncio.run_coroutine_threadsafe(self.store.workflow_names(), loop).result())
+
+        async def read() -> list[str]:
+            store = stores.from_url(self.url, **self._store_options)
+            await store.open()
+            try:
+                return await store.workflow_names()
+            finally:
+                await store.close()
+
+        with ThreadPoolExecutor(1, thread_name_prefix="stepstone-workflow-names") as thread:
+            return set(thread.submit(asyncio.run, read()).result())
 
     # -- for handles and the worker ---------------------------------------------------------
 

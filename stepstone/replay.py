@@ -206,24 +206,6 @@ def _overran(key: StepKey, attempt: int, timeout: float) -> StepTimeoutError:
     return StepTimeoutError(f"step {key.name!r} attempt {attempt} ran over its timeout of {timeout:g} s")
 
 
-def _printable(message: str) -> str:
-    """An error message as stored: NUL characters (which PostgreSQL text refuses) written as
-    \\x00, and lone surrogates (which no UTF-8 text holds) as their \\udXXX escapes."""
-    text = message.replace("\x00", "\\x00")
-    if not text.isascii() and not _encodable(text):
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
-
-
-def _encodable(text: str) -> bool:
-    """Whether text can be stored: UTF-8 has no encoding of a lone surrogate ("\\ud800")."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _first_leaf(exc: BaseException | None) -> BaseException | None:
     """The exception itself, or the first one inside an exception group (asyncio.TaskGroup)."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
@@ -339,7 +321,7 @@ class Run:
             error = {"name": failure.error_type, "message": failure.message, "step": failure.step}
             return await self._end("errored", error=error)
         if failure is not None:
-            error = {"name": error_type_name(failure), "message": _printable(str(failure))}
+            error = {"name": error_type_name(failure), "message": serialization.storable_text(str(failure))}
             return await self._end("errored", error=error)
         try:
             output_json = serialization.dumps(self._task.result(), what=f"output of workflow {self.claim.workflow!r}")
@@ -524,7 +506,7 @@ class Run:
     # -- steps ------------------------------------------------------------------------------
 
     def _next_key(self, kind: StepKind, name: object) -> StepKey:
-        if not isinstance(name, str) or not name or "\x00" in name or not (name.isascii() or _encodable(name)):
+        if not isinstance(name, str) or not name or not serialization.is_storable(name):
             raise InvalidInputError(
                 f"invalid step name {name!r}: expected a non-empty string of Unicode text "
                 "(no NUL characters or lone surrogates)"
@@ -623,7 +605,7 @@ class Run:
                     )
                     await self._commit([done])
                     return value
-                error_type, message = error_type_name(error), _printable(str(error))
+                error_type, message = error_type_name(error), serialization.storable_text(str(error))
                 outcome: Outcome = "timeout" if isinstance(error, StepTimeoutError) else "error"
                 attempts.append(Attempt(attempt, began, ended, outcome, error_type, message))
                 if final:

@@ -15,6 +15,14 @@ BACKOFFS: tuple[Backoff, ...] = ("constant", "linear", "exponential")
 
 DEFAULT_TIMEOUT = timedelta(minutes=10)
 
+MAX_RETRY_WAIT = timedelta(days=365).total_seconds()
+"""Seconds at which linear and exponential waits stop growing (unless the delay itself is
+longer): past it, a retry is as good as never, and delay * 2**(n-1) would overflow a float
+from retry 1025 on."""
+
+_MAX_DOUBLINGS = 1023
+"""2.0 ** 1023 is the largest power of two a float holds; enough to pass any ceiling."""
+
 
 class _Mapping:
     """Lets a config record be read as `cfg.limit` or, as in Cloudflare's API, `cfg["limit"]`."""
@@ -51,13 +59,21 @@ class Retries(_Mapping):
         return durations.seconds(self.delay, what="retry delay")
 
     def wait_before_retry(self, n: int) -> float:
-        """Seconds to wait before retry number `n` (1-based)."""
+        """Seconds to wait before retry number `n` (1-based): constant delay, linear delay * n,
+        exponential delay * 2**(n-1).
+
+        A growing wait stops at MAX_RETRY_WAIT (365 days), or at the delay when that is
+        longer; a zero delay stays zero. No `n` overflows.
+        """
         base = self.delay_seconds
-        if self.backoff == "constant":
+        if self.backoff == "constant" or base == 0:
             return base
+        ceiling = max(base, MAX_RETRY_WAIT)
+        # Both factors are bounded before they become floats; base * factor may still be
+        # inf (a huge delay), which the ceiling takes.
         if self.backoff == "linear":
-            return base * n
-        return base * 2.0 ** (n - 1)
+            return min(base * min(n, 1 << _MAX_DOUBLINGS), ceiling)
+        return min(base * 2.0 ** min(n - 1, _MAX_DOUBLINGS), ceiling)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from stepstone.errors import InvalidInputError
-from stepstone.serialization import JSON
+from stepstone.serialization import JSON, is_storable
 
 if TYPE_CHECKING:
     from stepstone.step import WorkflowStep
@@ -67,6 +67,9 @@ def check_class(cls: object) -> type[Workflow]:
     if not (isinstance(cls, type) and issubclass(cls, Workflow)):
         raise InvalidInputError(f"invalid workflow {cls!r}: expected a subclass of stepstone.Workflow")
     name = cls.name
-    if not isinstance(name, str) or not name or len(name) > 256 or "\x00" in name:
-        raise InvalidInputError(f"invalid workflow name {name!r}: expected 1 to 256 characters, without NUL")
+    if not isinstance(name, str) or not name or len(name) > 256 or not is_storable(name):
+        raise InvalidInputError(
+            f"invalid workflow name {name!r}: expected 1 to 256 characters of Unicode text "
+            "(no NUL characters or lone surrogates)"
+        )
     return cls

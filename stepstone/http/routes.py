@@ -21,7 +21,6 @@ from starlette.routing import Route
 from stepstone import clock
 from stepstone.durations import to_datetime
 from stepstone.engine import Engine
-from stepstone.errors import WorkflowNotFoundError
 from stepstone.http import inputs, stream
 from stepstone.http.openapi import OPENAPI
 from stepstone.http.responses import ApiError, JSONResponse, api_error, failure, ok
@@ -70,12 +69,7 @@ def _endpoint(fn: Endpoint) -> Callable[[Request], Awaitable[Response]]:
 
 async def _workflow(engine: Engine, name: str) -> WorkflowHandle:
     """The workflow's handle; one recorded by an Engine after this server started is known too."""
-    try:
-        return engine.workflow(name)
-    except WorkflowNotFoundError:
-        if name in await engine.store.workflow_names():
-            return WorkflowHandle(engine, name)
-        raise
+    return await engine.find_workflow(name)
 
 
 async def _instance(request: Request, api: Api) -> Instance:
