@@ -29,6 +29,14 @@ _EXPECTED = (
 )
 
 
+MAX_YEARS = 1000
+MAX_SECONDS = MAX_YEARS * 365.25 * 86400.0
+"""The longest duration taken: a timer or timeout that long still ends at a time a
+`datetime` can show (before year 10000), wherever it starts."""
+
+_EPOCH_RANGE = (datetime(1, 1, 2, tzinfo=UTC).timestamp(), datetime(9999, 12, 30, tzinfo=UTC).timestamp())
+
+
 def parse(value: object, *, what: str = "duration") -> timedelta:
     """Turn a user-supplied duration into a non-negative `timedelta`.
 
@@ -55,8 +63,8 @@ def seconds(value: object, *, what: str = "duration") -> float:
         raise InvalidInputError(f"invalid {what} {value!r}: {_EXPECTED}")
     if math.isnan(result) or math.isinf(result) or result < 0:
         raise InvalidInputError(f"invalid {what} {value!r}: must be a finite, non-negative duration")
-    if result > timedelta.max.total_seconds() / 2:
-        raise InvalidInputError(f"invalid {what} {value!r}: too long")
+    if result > MAX_SECONDS:
+        raise InvalidInputError(f"invalid {what} {value!r}: too long; at most {MAX_YEARS} years")
     return result
 
 
@@ -79,8 +87,10 @@ def epoch_seconds(when: object) -> float:
         return when.timestamp()
     if isinstance(when, int | float) and not isinstance(when, bool):
         result = float(when)
-        if math.isfinite(result):
+        if math.isfinite(result) and _EPOCH_RANGE[0] <= result <= _EPOCH_RANGE[1]:
             return result
+        if math.isfinite(result):
+            raise InvalidInputError(f"invalid time {when!r}: epoch seconds outside the years 1 to 9999")
     raise InvalidInputError(f"invalid time {when!r}: expected an aware datetime or a number of epoch seconds")
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from stepstone import InvalidInputError, StepContext, Workflow, WorkflowEvent, WorkflowStep
 
-from .support import StartEngine, finish
+from .support import StartEngine, finish, wait_for_status
 
 # (duration as written, seconds)
 VALID: list[tuple[Any, float]] = [
@@ -61,6 +61,9 @@ INVALID: list[Any] = [
     None,
     [1],
     {"seconds": 5},
+    "60000 weeks",  # over 1,000 years: its end could be past what a datetime shows
+    1e12,
+    timedelta(days=400_000),
 ]
 
 
@@ -138,3 +141,23 @@ async def test_zero_is_a_valid_sleep_but_not_a_valid_timeout(start_engine: Start
             return "timeout accepted"
 
     assert await run_once(start_engine, Zero) == "timeout rejected"
+
+
+async def test_the_longest_sleep_is_waited_and_shown_and_a_time_past_year_9999_is_refused(
+    start_engine: StartEngine,
+) -> None:
+    class Long(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            try:
+                await step.sleep_until("never", 1e20)
+            except InvalidInputError as exc:
+                assert "1e+20" in str(exc)
+            await step.sleep("almost forever", "52000 weeks")
+
+    engine = await start_engine(Long)
+    inst = await engine.workflow(Long).create()
+    await wait_for_status(inst, "waiting")
+    detail = await inst.describe()
+    (nap,) = [s for s in detail.steps if s.name == "almost forever"]
+    assert nap.status == "waiting" and nap.due is not None and nap.due.year > 3000
+    await inst.terminate()
