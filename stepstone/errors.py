@@ -5,6 +5,7 @@
     │   └── LimitExceededError             a value over a configured limit
     ├── WorkflowNotFoundError (LookupError)
     ├── InstanceNotFoundError (LookupError)
+    │   └── NoSuchIdError (also an InvalidInputError)   get() of a malformed id
     ├── InstanceExistsError
     ├── InvalidStateError                  operation not allowed in the instance's state
     ├── NonRetryableError                  raised by user code: stop retrying this step
@@ -57,6 +58,11 @@ class WorkflowNotFoundError(StepstoneError, LookupError):
 
 class InstanceNotFoundError(StepstoneError, LookupError):
     """No instance with that id exists in that workflow."""
+
+
+class NoSuchIdError(InvalidInputError, InstanceNotFoundError):
+    """An instance asked for by an id no instance can have (`get("not an id!")`): bad input,
+    and so also not found; either `except` catches it."""
 
 
 class InstanceExistsError(StepstoneError):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from stepstone import clock, durations, serialization
 from stepstone.durations import to_datetime
-from stepstone.errors import InvalidInputError
+from stepstone.errors import InvalidInputError, NoSuchIdError
 from stepstone.serialization import JSON, check_id
 from stepstone.store.base import (
     STATUSES,
@@ -338,8 +338,12 @@ class WorkflowHandle:
         return [Instance(self._engine, record) for record in records]
 
     async def get(self, id: str) -> Instance:
-        """The instance with this id; InstanceNotFoundError if there is none."""
-        check_id(id)
+        """The instance with this id; InstanceNotFoundError if there is none (for an id no
+        instance can have, NoSuchIdError: an InstanceNotFoundError and an InvalidInputError)."""
+        try:
+            check_id(id)
+        except InvalidInputError as exc:
+            raise NoSuchIdError(f"no instance of workflow {self.name!r} can have the id {id!r}: {exc}") from None
         return Instance(self._engine, await self._engine.store.get_instance(self.name, id))
 
     async def list(self, status: str | None = None, limit: int = 50, cursor: str | None = None) -> InstanceList:

@@ -165,6 +165,17 @@ async def test_get_of_an_unknown_id_raises_instance_not_found(start_engine: Star
         await engine.workflow(Echo).get("nobody")
 
 
+async def test_get_of_an_id_no_instance_can_have_is_both_not_found_and_invalid_input(
+    start_engine: StartEngine,
+) -> None:
+    engine = await start_engine(Echo, worker=False)
+    for instance_id in INVALID_IDS:
+        for expected in (InstanceNotFoundError, InvalidInputError):
+            with pytest.raises(expected) as raised:
+                await engine.workflow(Echo).get(instance_id)
+            assert repr(instance_id) in str(raised.value)
+
+
 async def test_unknown_workflow_names_raise_workflow_not_found(start_engine: StartEngine) -> None:
     engine = await start_engine(Echo)
     with pytest.raises(WorkflowNotFoundError):
