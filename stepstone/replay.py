@@ -246,14 +246,22 @@ class Run:
         self.step_total = sum(1 for key in self.records if key.kind != "sleep")
         self.calls: dict[tuple[StepKind, str, str], StepRecord] = {}
         """The history by where each step was called: (kind, name, 'path#n'); see _Branch."""
+        self.legacy: dict[tuple[StepKind, str, int], StepRecord] = {}
+        """Steps recorded before schema version 3, which did not keep where they were called:
+        found again as they were then, by occurrence number in the run's order of calls."""
+        self.called: dict[tuple[StepKind, str], int] = {}
+        """Calls of each kind and name so far in the run, all branches together (for `legacy`)."""
         self.top: dict[tuple[StepKind, str], int] = {}
         """The highest occurrence number of each kind and name, recorded or given in this run."""
         for record in history:
             kind, name, count = record.key.kind, record.key.name, record.key.count
-            self.calls[(kind, name, record.branch or f"#{count}")] = record
+            if record.branch is None:
+                self.legacy[(kind, name, count)] = record
+            else:
+                self.calls[(kind, name, record.branch)] = record
             self.top[(kind, name)] = max(self.top.get((kind, name), 0), count)
         self.branches: dict[StepKey, str] = {}
-        """Where steps new to the history were called, when that is not '#count'."""
+        """Where each step new to the history was called, to record with it."""
         self.root = _Branch(self, None, "")
         self.blocked: dict[StepKey, _Block] = {}
         self.inflight = 0
@@ -521,14 +529,16 @@ class Run:
             )
         branch = self._branch()
         n = branch.calls[(kind, name)] = branch.calls.get((kind, name), 0) + 1
-        if self.calls:
-            record = self.calls.get((kind, name, f"{branch.path}#{n}"))
-            if record is not None:
-                return record.key
+        where = f"{branch.path}#{n}"
+        record = self.calls.get((kind, name, where)) if self.calls else None
+        if record is None and self.legacy:
+            nth = self.called[(kind, name)] = self.called.get((kind, name), 0) + 1
+            record = self.legacy.get((kind, name, nth))
+        if record is not None:
+            return record.key
         count = self.top[(kind, name)] = self.top.get((kind, name), 0) + 1
         key = StepKey(kind, name, count)
-        if branch.path or n != count:
-            self.branches[key] = f"{branch.path}#{n}"
+        self.branches[key] = where
         return key
 
     def _branch(self) -> _Branch:

@@ -219,8 +219,8 @@ class StepWrite:
     branch: str | None = None
     """Where in the run the step was called: 'path#n', the n-th call of its kind and name
     in the branch at `path` of the run's concurrent branches ('' the run itself, '0' its
-    first branch, '0.1' that one's second). None for '#count', as for every step of a run
-    without branches. Written when the step is first recorded, never changed."""
+    first branch, '0.1' that one's second). Written when the step is first recorded,
+    never changed. None only in records made before schema version 3."""
 
 
 RunEnd = Literal["complete", "errored", "waiting", "paused", "queued"]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sqlite3
 import threading
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import pytest
 
 import stepstone
@@ -437,6 +439,48 @@ async def test_branches_calling_one_step_name_after_waits_of_different_lengths_k
     # Live, branch 1 called "process" first (#1), branch 0 second (#2); every replay agrees.
     assert {(i, count) for i, _, count, _ in seen} == {(1, 1), (0, 2)}
     assert all(i == branch for i, _, _, branch in seen)
+
+
+async def test_steps_recorded_before_schema_3_are_found_by_their_occurrence_in_call_order(
+    start_engine: StartEngine, store_url: str
+) -> None:
+    # Records made before the `branch` column (NULL there) are found again as they were
+    # then: by occurrence number in the order of the run's calls, all branches together.
+    calls = Calls()
+    napping = asyncio.Event()
+    wake = asyncio.Event()
+
+    class Upgraded(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            async def branch(i: int) -> Any:
+                async def x() -> str:
+                    calls.note(f"x{i}")
+                    await asyncio.sleep(0.05 * i)  # branch 0 calls "y" first, live and on replay
+                    return f"x{i}"
+
+                return [await step.do("x", x), await step.do("y", calls.returning(f"y{i}", f"y{i}"))]
+
+            both = await asyncio.gather(branch(0), branch(1))
+            head = await step.do("x", calls.returning("x root", "root"))
+            napping.set()
+            await wake.wait()  # (not a step: the test rewrites the records meanwhile)
+            await step.sleep("nap", "10 ms")
+            tail = await step.do("x", calls.returning("x tail", "tail"))
+            return [both, head, tail]
+
+    engine = await start_engine(Upgraded)
+    inst = await engine.workflow(Upgraded).create()
+    await asyncio.wait_for(napping.wait(), 10)
+    if store_url.startswith("sqlite"):
+        with sqlite3.connect(store_url.removeprefix("sqlite:///")) as conn:
+            conn.execute("UPDATE steps SET branch = NULL")
+    else:
+        async with await psycopg.AsyncConnection.connect(store_url, autocommit=True) as pg:
+            await pg.execute("UPDATE stepstone.steps SET branch = NULL")
+    wake.set()
+    st = await finish(inst)
+    assert (st.status, st.output) == ("complete", [[["x0", "y0"], ["x1", "y1"]], "root", "tail"])
+    assert sorted(calls.log) == ["x root", "x tail", "x0", "x1", "y0", "y1"]  # none ran again
 
 
 async def test_nested_branches_keep_their_steps_across_a_crash_like_replay(start_engine: StartEngine) -> None:

@@ -264,7 +264,7 @@ async def test_a_version_1_database_keeps_its_steps_attempts_and_events_through_
         history = await store.history(1)
         assert [(s.key.name, s.seq) for s in history] == [("first", 1), ("flaky", 3), ("approval", 4), ("nap", 5)]
         assert [a.outcome for a in history[1].attempt_log] == ["error", "ok"]
-        assert {s.branch for s in history} == {None}  # (version 3): called by the run itself
+        assert {s.branch for s in history} == {None}  # (version 3): recorded before it, found as then
         assert [(s.key.name, s.seq) for s in await store.history(2)] == [("other", 2)]
         events = await store.events(1)
         assert [(e.seq, e.consumed_by) for e in events] == [(7, StepKey("wait_for_event", "approval", 1)), (8, None)]

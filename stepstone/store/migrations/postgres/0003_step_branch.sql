@@ -4,7 +4,7 @@
 -- an order that depends on timing, so a step's occurrence number alone does not find it
 -- again on replay. `branch` is 'path#n': the n-th call of the step's kind and name in the
 -- branch at `path` ('' the run itself, '0' its first branch, '0.1' that one's second).
--- NULL means '#count' (the run itself, n equal to the occurrence number): every step of
--- a run without branches, and every step recorded before this version.
+-- NULL for every step recorded before this version: those are found again as they were
+-- then, by occurrence number in the order of the run's calls.
 
 ALTER TABLE steps ADD COLUMN branch text;
