@@ -22,7 +22,7 @@ _UNIT_SECONDS = {
     "w": 604800.0, "week": 604800.0, "weeks": 604800.0,
 }  # fmt: skip
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]+)\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]+)\s*$", re.IGNORECASE | re.ASCII)
 
 _EXPECTED = (
     'expected a timedelta, a number of seconds, or a string like "10 seconds" (units: ms, s, m, h, d, w or their names)'

@@ -37,6 +37,10 @@ class StepContext:
     """The resolved retries and timeout."""
 
 
+_NO_FN: Any = object()
+"""`step.do` given no function (the decorator form), as against one given None (an error)."""
+
+
 class WorkflowStep:
     """The `step` object of `run()`: durable steps, timers and event waits."""
 
@@ -52,16 +56,16 @@ class WorkflowStep:
     @overload
     def do(self, name: Callable[..., Any], /) -> Callable[[], Awaitable[Any]]: ...
 
-    def do(self, name: Any = None, fn: Any = None, *, retries: Any = None, timeout: Any = None,
+    def do(self, name: Any = None, fn: Any = _NO_FN, *, retries: Any = None, timeout: Any = None,
            config: Any = None) -> Any:  # fmt: skip
         """Run `fn` as a durable step, or (without `fn`) decorate a function into one.
 
         `await step.do("name", fn, retries=..., timeout=...)` returns fn's recorded
         result; `@step.do("name")` above a function gives an awaitable callable.
         """
-        if fn is None and callable(name):  # bare @step.do
+        if fn is _NO_FN and callable(name):  # bare @step.do
             return self._decorate(name.__name__, name, retries, timeout, config)
-        if fn is None:
+        if fn is _NO_FN:
 
             def decorator(func: Callable[..., Any]) -> Callable[[], Awaitable[Any]]:
                 return self._decorate(name if name is not None else func.__name__, func, retries, timeout, config)

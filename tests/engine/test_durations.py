@@ -61,6 +61,7 @@ INVALID: list[Any] = [
     None,
     [1],
     {"seconds": 5},
+    "\u0661\u0660 seconds",  # Arabic-Indic digits: a number is ASCII digits
     "60000 weeks",  # over 1,000 years: its end could be past what a datetime shows
     1e12,
     timedelta(days=400_000),

@@ -600,6 +600,22 @@ async def test_step_names_may_hold_any_characters(start_engine: StartEngine) -> 
     assert (await run_once(start_engine, OddNames)).output == names
 
 
+async def test_a_step_function_that_is_not_callable_raises_invalid_input_naming_it(start_engine: StartEngine) -> None:
+    class NotCallable(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            outcomes = []
+            odd: list[Any] = [None, 42, "text"]
+            for fn in odd:
+                try:
+                    await step.do(f"odd {fn!r}", fn)
+                    outcomes.append("accepted")
+                except stepstone.InvalidInputError as exc:
+                    outcomes.append("rejected" if repr(fn) in str(exc) else str(exc))
+            return outcomes
+
+    assert (await run_once(start_engine, NotCallable)).output == ["rejected"] * 3
+
+
 @pytest.mark.parametrize("name", ["nul\x00byte", "lone \ud800 surrogate"], ids=["nul", "surrogate"])
 async def test_step_name_that_cannot_be_stored_raises_invalid_input_without_running_the_function(
     start_engine: StartEngine, name: str
