@@ -531,9 +531,10 @@ class Run:
         n = branch.calls[(kind, name)] = branch.calls.get((kind, name), 0) + 1
         where = f"{branch.path}#{n}"
         record = self.calls.get((kind, name, where)) if self.calls else None
-        if record is None and self.legacy:
+        if self.legacy:  # (every call counts, as it did when those steps were recorded)
             nth = self.called[(kind, name)] = self.called.get((kind, name), 0) + 1
-            record = self.legacy.get((kind, name, nth))
+            if record is None:
+                record = self.legacy.get((kind, name, nth))
         if record is not None:
             return record.key
         count = self.top[(kind, name)] = self.top.get((kind, name), 0) + 1
