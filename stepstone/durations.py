@@ -87,7 +87,7 @@ def epoch_seconds(when: object) -> float:
         return when.timestamp()
     if isinstance(when, int | float) and not isinstance(when, bool):
         result = float(when)
-        if math.isfinite(result) and _EPOCH_RANGE[0] <= result <= _EPOCH_RANGE[1]:
+        if _EPOCH_RANGE[0] <= result <= _EPOCH_RANGE[1]:
             return result
         if math.isfinite(result):
             raise InvalidInputError(f"invalid time {when!r}: epoch seconds outside the years 1 to 9999")

@@ -321,7 +321,7 @@ class Run:
             return await self._suspend_write(self.suspend_blocks)
         if isinstance(failure, Stopped):
             return None
-        if self.pause_requested and (failure is None or not isinstance(failure, Suspend | Stopped)):
+        if self.pause_requested and not isinstance(failure, Suspend):
             # The run ended (complete or errored) after a step during which a pause was asked:
             # the instance pauses when that step ends, and ends when resumed (by a replay).
             return await self._end("paused")

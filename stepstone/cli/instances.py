@@ -90,7 +90,7 @@ def instances_list(
     """List a workflow's instances, newest first."""
 
     async def action(engine: Any) -> tuple[list[Any], str | None]:
-        handle = engine.workflow(workflow)
+        handle = await engine.find_workflow(workflow)
         page = await handle.list(status=status, limit=limit, cursor=cursor)
         details = [await inst.describe(steps=False) for inst in page]
         return details, page.next_cursor
@@ -101,7 +101,7 @@ def instances_list(
 
 def _resolve(engine: Any, workflow: str, instance_id: str) -> Awaitable[Any]:
     async def find() -> Any:
-        handle = engine.workflow(workflow)
+        handle = await engine.find_workflow(workflow)
         if instance_id == "latest":
             page = await handle.list(limit=1)
             if not page:
@@ -192,7 +192,7 @@ def instances_terminate_all(workflow: str, status: str | None, db: str | None, a
     from stepstone.store.base import is_terminal
 
     async def action(engine: Any) -> int:
-        handle = engine.workflow(workflow)
+        handle = await engine.find_workflow(workflow)
         terminated, cursor = 0, None
         while True:
             page = await handle.list(status=status, limit=500, cursor=cursor)
@@ -281,7 +281,8 @@ def trigger(
     value = parse_json(params if params is not None else params_argument, "--params")
 
     async def action(engine: Any) -> Any:
-        inst = await engine.workflow(workflow).create(id=instance_id, params=value)
+        handle = await engine.find_workflow(workflow)
+        inst = await handle.create(id=instance_id, params=value)
         if not wait:
             return inst.id, None
         if not as_json:

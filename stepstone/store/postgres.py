@@ -78,8 +78,8 @@ def _instance(row: TupleRow) -> InstanceRecord:
 
 def _step(row: Sequence[Any], logged: tuple[Attempt, ...] | None = None) -> StepRecord:
     """A step from its row; with `logged` (its attempt rows, for `history`) its whole attempt log."""
-    seq, kind, name, count, status, result, error_type, error_message, attempts, due_at, started_at, ended_at = row[:12]
-    branch = row[12]
+    (seq, kind, name, count, status, result, error_type, error_message, attempts, due_at, started_at, ended_at,
+     branch) = row
     return StepRecord(
         StepKey(kind, name, count), status, result, error_type, error_message, attempts, due_at, started_at,
         ended_at, seq, attempt_log(kind, status, attempts, started_at, ended_at, logged), branch,
