@@ -17,17 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import functools
-import inspect
 import json
 import logging
-import types
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from stepstone import clock, serialization
+from stepstone import attempts, clock, serialization
 from stepstone.durations import to_datetime
 from stepstone.errors import (
     InvalidInputError,
@@ -41,7 +38,7 @@ from stepstone.errors import (
 )
 from stepstone.retries import StepConfig
 from stepstone.serialization import Limits
-from stepstone.step import StepContext, StepInfo, WorkflowStep
+from stepstone.step import WorkflowStep
 from stepstone.store.base import (
     Attempt,
     Claim,
@@ -137,73 +134,6 @@ def _read_outcome(future: asyncio.Future[Any]) -> None:
 def _wake(wakeup: asyncio.Future[None]) -> None:
     if not wakeup.done():
         wakeup.set_result(None)
-
-
-_call_kinds: dict[object, tuple[bool, bool]] = {}
-
-
-def _call_kind(fn: Callable[..., Any]) -> tuple[bool, bool]:
-    """Whether a step function takes the `ctx` keyword argument, and whether it is a
-    coroutine function.
-
-    Cached by code object for plain functions (a step's function is usually a new closure
-    on every run), but not for those carrying attributes: a decorator's wrapper made with
-    functools.wraps shares one code object among all the functions it wraps, and its
-    signature is the wrapped function's (`__wrapped__`)."""
-    func = getattr(fn, "__func__", fn)
-    code = func.__code__ if type(func) is types.FunctionType and not func.__dict__ else None
-    if code is not None:
-        kind = _call_kinds.get(code)
-        if kind is not None:
-            return kind
-    try:
-        wants_ctx = "ctx" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        wants_ctx = False
-    kind = (wants_ctx, inspect.iscoroutinefunction(fn))
-    if code is not None:
-        _call_kinds[code] = kind
-    return kind
-
-
-class _Started:
-    """The rest of a coroutine already run up to its first wait: awaiting this goes on
-    from there exactly as `await coro` would have (what the coroutine yielded, the
-    event loop's answers, a cancellation thrown in).
-
-    A step's coroutine runs this way so that its timeout timer is set only if it waits:
-    most step bodies that are coroutines never do, and a timeout could not interrupt
-    them anyway (it cancels at a wait).
-    """
-
-    __slots__ = ("_coro", "_yielded")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
-        self._coro = coro
-        self._yielded = yielded
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro, message = self._coro, self._yielded
-        while True:
-            try:
-                answer = yield message
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:
-                try:
-                    message = coro.throw(exc)
-                except StopIteration as done:
-                    return done.value
-            else:
-                try:
-                    message = coro.send(answer)
-                except StopIteration as done:
-                    return done.value
-
-
-def _overran(key: StepKey, attempt: int, timeout: float) -> StepTimeoutError:
-    return StepTimeoutError(f"step {key.name!r} attempt {attempt} ran over its timeout of {timeout:g} s")
 
 
 def _first_leaf(exc: BaseException | None) -> BaseException | None:
@@ -583,7 +513,7 @@ class Run:
         started_at = record.started_at if record is not None else clock.now()
         if record is not None and record.due_at is not None and record.due_at > clock.now():
             await self._block(key, record.due_at, None, recorded=True)  # a retry wait, already recorded
-        attempts: list[Attempt] = []
+        logged: list[Attempt] = []
         while True:
             if self.pause_requested:
                 await self._block(key, None, None)
@@ -594,7 +524,7 @@ class Run:
                 error: Exception | None = None
                 final = False
                 try:
-                    value = await self._attempt(fn, key, attempt, config)
+                    value = await attempts.run(fn, key, attempt, config, self.executor)
                 except Exception as exc:
                     error = exc
                     final = isinstance(exc, NonRetryableError) or attempt > config.retries.limit
@@ -610,20 +540,20 @@ class Run:
                     # A first attempt that succeeds (most steps) needs no attempt log: the
                     # step's own times are that attempt's (store.base.attempt_log).
                     if attempt > 1:
-                        attempts.append(Attempt(attempt, began, ended, "ok"))
+                        logged.append(Attempt(attempt, began, ended, "ok"))
                     done = StepWrite(
-                        key, "complete", started_at, text, attempts=attempt, ended_at=ended, new_attempts=attempts
+                        key, "complete", started_at, text, attempts=attempt, ended_at=ended, new_attempts=logged
                     )
                     await self._commit([done])
                     return value
                 error_type, message = error_type_name(error), serialization.storable_text(str(error))
                 outcome: Outcome = "timeout" if isinstance(error, StepTimeoutError) else "error"
-                attempts.append(Attempt(attempt, began, ended, outcome, error_type, message))
+                logged.append(Attempt(attempt, began, ended, outcome, error_type, message))
                 if final:
                     await self._commit(
                         [
                             StepWrite(
-                                key, "failed", started_at, None, error_type, message, attempt, None, ended, attempts
+                                key, "failed", started_at, None, error_type, message, attempt, None, ended, logged
                             )
                         ]
                     )
@@ -632,42 +562,8 @@ class Run:
                 self._idle()
             due = ended + config.retries.wait_before_retry(attempt)
             if due > clock.now():
-                write = StepWrite(key, "waiting", started_at, None, error_type, message, attempt, due, None, attempts)
+                write = StepWrite(key, "waiting", started_at, None, error_type, message, attempt, due, None, logged)
                 await self._block(key, due, write)
-
-    async def _attempt(self, fn: Callable[..., Any], key: StepKey, attempt: int, config: StepConfig) -> Any:
-        wants_ctx, is_coroutine = _call_kind(fn)
-        call = fn
-        if wants_ctx:
-            call = functools.partial(fn, ctx=StepContext(StepInfo(key.name, key.count), attempt, config))
-        timeout = config.timeout.total_seconds()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        limit: asyncio.Timeout | None = None
-        try:
-            if is_coroutine:
-                coro = call()
-                try:
-                    yielded = coro.send(None)
-                except StopIteration as done:
-                    result = done.value  # it ended without waiting: no timer was needed
-                else:
-                    async with asyncio.timeout_at(deadline) as limit:
-                        result = await _Started(coro, yielded)
-            else:
-                async with asyncio.timeout_at(deadline) as limit:
-                    result = await loop.run_in_executor(self.executor, contextvars.copy_context().run, call)
-                    if inspect.isawaitable(result):
-                        result = await result
-        except TimeoutError:
-            if limit is not None and limit.expired():
-                raise _overran(key, attempt, timeout) from None
-            raise
-        if loop.time() > deadline:
-            # It overran without a wait at which the timer could stop it (it blocked the
-            # event loop, or ended before the timer's turn came): the attempt still failed.
-            raise _overran(key, attempt, timeout)
-        return result
 
     def sleep(self, name: object, seconds: float | None, *, until: float | None) -> Coroutine[Any, Any, None]:
         return self._sleep(self._next_key("sleep", name), seconds, until)

@@ -18,7 +18,8 @@ import pytest
 from stepstone.errors import InstanceExistsError, LeaseLostError, StepstoneError
 from stepstone.store import migrations
 from stepstone.store.base import RunWrite, StepKey, StepWrite
-from stepstone.store.sqlite import SqliteStore, _use_wal
+from stepstone.store.sqlite import SqliteStore
+from stepstone.store.sqlite_connection import _use_wal
 
 from .support import LEASE, T0, WF, Wakeups, claim, create, end, start
 
