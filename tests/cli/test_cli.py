@@ -138,6 +138,25 @@ def test_user_errors_are_one_line_with_meaningful_exit_codes(registered: str) ->
     assert_one_line_error(cli("instances", "describe", "greeter", "missing", url=registered, check=False), 3)
 
 
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (("instances", "pause", "greeter"), "'ID'"),
+        (("instances", "list", "greeter", "--limit", "abc"), "'abc'"),
+        (("instances", "lst", "greeter"), "'lst'"),
+        (("instances", "list", "greeter", "--bogus"), "'--bogus'"),
+        (("bogus",), "'bogus'"),
+        (("trigger",), "'WORKFLOW'"),
+    ],
+    ids=["missing-argument", "bad-integer", "unknown-command", "unknown-option", "unknown-top-command", "no-workflow"],
+)
+def test_usage_mistakes_are_one_line_errors_naming_the_mistake(args: tuple[str, ...], names: str, tmp_path: Path) -> None:
+    result = cli(*args, url=f"sqlite:///{tmp_path / 'cli.db'}", check=False)
+    assert_one_line_error(result, 2)
+    assert names in result.stderr and "--help" in result.stderr
+    assert not (tmp_path / "cli.db").exists()  # a mistake touches no store
+
+
 def test_app_forms_and_bad_apps(registered: str, tmp_path: Path) -> None:
     assert_one_line_error(cli("worker", str(tmp_path / "missing.py"), url=registered, check=False), 2)
     assert_one_line_error(cli("worker", f"{APP}:nothing", url=registered, check=False), 2)
