@@ -22,7 +22,8 @@ _UNIT_SECONDS = {
     "w": 604800.0, "week": 604800.0, "weeks": 604800.0,
 }  # fmt: skip
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]+)\s*$", re.IGNORECASE | re.ASCII)
+# "<number> <unit>", the one space optional (SPEC §2): no other whitespace, before, between or after.
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+) ?([a-z]+)", re.IGNORECASE | re.ASCII)
 
 _EXPECTED = (
     'expected a timedelta, a number of seconds, or a string like "10 seconds" (units: ms, s, m, h, d, w or their names)'
@@ -54,7 +55,7 @@ def seconds(value: object, *, what: str = "duration") -> float:
     elif isinstance(value, int | float):
         result = float(value)
     elif isinstance(value, str):
-        match = _DURATION.match(value)
+        match = _DURATION.fullmatch(value)
         unit = match.group(2).lower() if match else ""
         if match is None or unit not in _UNIT_SECONDS:
             raise InvalidInputError(f"invalid {what} {value!r}: {_EXPECTED}")

@@ -58,6 +58,11 @@ INVALID: list[Any] = [
     "1,5 seconds",
     "5 seconds ago",
     "1 s s",
+    "1  s",  # one space at most between the number and the unit, and none around them
+    "1\ts",
+    " 1 s",
+    "1 s ",
+    "1 s\n",
     None,
     [1],
     {"seconds": 5},
