@@ -150,7 +150,9 @@ def test_user_errors_are_one_line_with_meaningful_exit_codes(registered: str) ->
     ],
     ids=["missing-argument", "bad-integer", "unknown-command", "unknown-option", "unknown-top-command", "no-workflow"],
 )
-def test_usage_mistakes_are_one_line_errors_naming_the_mistake(args: tuple[str, ...], names: str, tmp_path: Path) -> None:
+def test_usage_mistakes_are_one_line_errors_naming_the_mistake(
+    args: tuple[str, ...], names: str, tmp_path: Path
+) -> None:
     result = cli(*args, url=f"sqlite:///{tmp_path / 'cli.db'}", check=False)
     assert_one_line_error(result, 2)
     assert names in result.stderr and "--help" in result.stderr
