@@ -55,9 +55,11 @@ WITH kept AS (
     INSERT INTO {s}.events (instance_pk, type, payload, sent_at)
     VALUES (%(pk)s, %(type)s, %(payload)s, %(now)s) RETURNING seq
 ), woken AS (
-    -- Wake a waiting instance so that its run looks for the event (a paused one: on resume).
+    -- Wake a waiting instance that waits for this type, so that its run takes the event (a
+    -- paused one: on resume). Any other is left alone: the event waits for its wait.
     UPDATE {s}.instances SET wake_at = %(now)s
     WHERE pk = %(pk)s AND (status = 'waiting' OR (status = 'paused' AND paused_status = 'waiting'))
+        AND (wait_types IS NULL OR %(type)s = ANY(wait_types))
     RETURNING status
 )
 SELECT (SELECT seq FROM kept), (SELECT status FROM woken)
@@ -272,7 +274,7 @@ def record_step(*, touch: bool, log: bool, take: bool) -> str:
 # of which one is already kept is due at once. Locked by LOCK_LEASED before.
 END_RUN = f"""
 WITH current AS (
-    SELECT pk, status, CASE WHEN %(end)s = 'waiting' AND EXISTS (
+    SELECT pk, status, CASE WHEN %(end)s IN ('waiting', 'paused') AND EXISTS (
         SELECT 1 FROM {{s}}.events
         WHERE instance_pk = %(pk)s AND consumed_by IS NULL AND type = ANY(%(wait_types)s::text[])
     ) THEN %(now)s ELSE %(wake_at)s::double precision END AS wake_at
@@ -290,7 +292,7 @@ WITH current AS (
     FROM current
 ), ended AS (
     UPDATE {{s}}.instances i SET status = next.status, paused_status = next.paused_status, wake_at = next.wake_at,
-        output = %(output)s, error = %(error)s,
+        wait_types = %(wait_types)s::text[], output = %(output)s, error = %(error)s,
         ended_at = CASE WHEN next.status IN ('complete', 'errored') THEN %(now)s END,
         lease_owner = NULL, lease_expires = NULL, updated_at = %(now)s
     FROM next WHERE i.pk = next.pk

@@ -344,11 +344,13 @@ class SqliteStore:
                 "INSERT INTO events (instance_pk, type, payload, sent_at) VALUES (?, ?, ?, ?) RETURNING seq",
                 (pk, type, payload_json, now),
             ).fetchone()
-            # Wake a waiting instance so that its run looks for the event (a paused one: on resume).
+            # Wake a waiting instance that waits for this type, so that its run takes the event
+            # (a paused one: on resume). Any other is left alone: the event waits for its wait.
             conn.execute(
                 "UPDATE instances SET wake_at = ? WHERE pk = ? "
-                "AND (status = 'waiting' OR (status = 'paused' AND paused_status = 'waiting'))",
-                (now, pk),
+                "AND (status = 'waiting' OR (status = 'paused' AND paused_status = 'waiting')) "
+                "AND (wait_types IS NULL OR instr(wait_types, ',' || ? || ',') > 0)",
+                (now, pk, type),
             )
             return int(seq)
 
@@ -712,7 +714,7 @@ def _write_run(conn: sqlite3.Connection, run: RunWrite, kept: list[bool] | None 
     if run.end is None:
         return status  # type: ignore[return-value]
     wake_at = run.wake_at
-    if run.end == "waiting" and run.wait_types:
+    if run.end in ("waiting", "paused") and run.wait_types:
         pending = conn.execute(
             "SELECT 1 FROM events WHERE instance_pk = ? AND consumed_by IS NULL "
             f"AND type IN ({_marks(run.wait_types)}) LIMIT 1",
@@ -725,10 +727,13 @@ def _write_run(conn: sqlite3.Connection, run: RunWrite, kept: list[bool] | None 
     new_status, paused_status = lifecycle.end_status(status, run.end, wake_at)
     ended_at = run.now if new_status in ("complete", "errored") else None
     conn.execute(
-        "UPDATE instances SET status = ?, paused_status = ?, wake_at = ?, output = ?, error = ?, ended_at = ?, "
-        "lease_owner = NULL, lease_expires = NULL, updated_at = ? WHERE pk = ?",
-        (new_status, paused_status, wake_at, run.output_json, run.error_json, ended_at, run.now, run.pk),
-    )
+        "UPDATE instances SET status = ?, paused_status = ?, wake_at = ?, wait_types = ?, output = ?, error = ?, "
+        "ended_at = ?, lease_owner = NULL, lease_expires = NULL, updated_at = ? WHERE pk = ?",
+        (
+            new_status, paused_status, wake_at, f",{','.join(run.wait_types)},", run.output_json, run.error_json,
+            ended_at, run.now, run.pk,
+        ),
+    )  # fmt: skip
     return new_status  # type: ignore[return-value]
 
 

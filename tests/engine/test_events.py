@@ -163,6 +163,76 @@ async def test_events_are_matched_by_type(start_engine: StartEngine) -> None:
     assert (await finish(inst)).output == ["approve", "yes", "note", "fyi"]
 
 
+async def stays_waiting(inst: stepstone.Instance, runs: list[str], seconds: float = 0.3) -> None:
+    """The instance stays `waiting` for `seconds`, and its run() is not run again."""
+    before = len(runs)
+    loop = asyncio.get_running_loop()
+    until = loop.time() + seconds
+    while loop.time() < until:
+        assert (await inst.status()).status == "waiting"
+        await asyncio.sleep(0.002)
+    assert len(runs) == before, "the run was replayed"
+
+
+async def test_an_event_of_a_type_no_wait_is_for_leaves_a_waiting_instance_waiting(start_engine: StartEngine) -> None:
+    runs: list[str] = []
+
+    class Approval(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            runs.append("run")
+            approval = await step.wait_for_event("approval", type="approve", timeout="1 hour")
+            note = await step.wait_for_event("note", type="note", timeout="1 hour")
+            return [approval.payload, note.payload]
+
+    engine = await start_engine(Approval)
+    inst = await engine.workflow(Approval).create()
+    await wait_for_status(inst, "waiting")
+    await inst.send_event("note", "kept for later")
+    await stays_waiting(inst, runs)
+    await inst.send_event("approve", "yes")
+    assert (await finish(inst)).output == ["yes", "kept for later"]
+
+
+@pytest.mark.parametrize("waits_for", ["a sleep", "a retry"])
+async def test_an_event_leaves_an_instance_that_waits_for_no_event_waiting(
+    start_engine: StartEngine, waits_for: str
+) -> None:
+    runs: list[str] = []
+
+    def fails() -> None:
+        raise RuntimeError("not yet")
+
+    class NoEvents(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            runs.append("run")
+            if waits_for == "a sleep":
+                await step.sleep("nap", "1 hour")
+            else:
+                await step.do("flaky", fails, retries={"limit": 1, "delay": "1 hour"})
+
+    engine = await start_engine(NoEvents)
+    inst = await engine.workflow(NoEvents).create()
+    await wait_for_status(inst, "waiting")
+    await inst.send_event("poke", {"wake": "up"})
+    await stays_waiting(inst, runs)
+
+
+async def test_an_event_for_a_paused_wait_lets_it_go_on_at_once_when_resumed(start_engine: StartEngine) -> None:
+    class Paused(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            return (await step.wait_for_event("approval", type="approve", timeout="1 hour")).payload
+
+    engine = await start_engine(Paused)
+    inst = await engine.workflow(Paused).create()
+    await wait_for_status(inst, "waiting")
+    await inst.pause()
+    await inst.send_event("other", 1)
+    await inst.send_event("approve", "yes")
+    assert (await inst.status()).status == "paused"
+    await inst.resume()
+    assert (await finish(inst)).output == "yes"
+
+
 async def test_wait_timeout_raises_wait_timeout_which_the_workflow_can_catch(start_engine: StartEngine) -> None:
     captured: list[WaitTimeout] = []
 

@@ -161,7 +161,7 @@ async def bring_to(store: Store, setup: str) -> Claim | None:
         return None
     leased = await start(store, "x")
     if setup in ("waiting", "paused-from-waiting"):
-        await end(store, leased, "waiting", wake_at=WAKE)
+        await end(store, leased, "waiting", wake_at=WAKE, wait_types=("approval",))
         if setup == "paused-from-waiting":
             await store.control(WF, "x", "pause", T0 + 2)
         return None
@@ -464,12 +464,41 @@ async def test_taking_an_event_already_taken_loses_the_write(store: Store) -> No
 
 async def test_an_event_wakes_a_waiting_instance_at_once(store: Store) -> None:
     leased = await start(store, "x")
-    await end(store, leased, "waiting", wake_at=WAKE)
+    await end(store, leased, "waiting", wake_at=WAKE, wait_types=("approval",))
     assert await claim(store, now=T0 + 5) == []
     await store.send_event(WF, "x", "approval", "true", T0 + 10)
     assert (await get(store, "x")).wake_at == T0 + 10
     (woken,) = await claim(store, now=T0 + 10)
     assert (woken.id, woken.resumed) == ("x", True)
+
+
+@pytest.mark.parametrize("waits_for", [("approval", "rejection"), ()], ids=["other-types", "no-event"])
+async def test_an_event_no_wait_is_for_is_only_kept(store: Store, waits_for: tuple[str, ...]) -> None:
+    leased = await start(store, "x")
+    await end(store, leased, "waiting", wake_at=WAKE, wait_types=waits_for)
+    await store.send_event(WF, "x", "note", "true", T0 + 10)
+    assert (await get(store, "x")).wake_at == WAKE
+    assert await claim(store, now=T0 + 10) == []
+    assert [e.type for e in await store.events(leased.pk)] == ["note"]
+
+
+async def test_an_instance_waiting_since_before_wait_types_were_kept_wakes_for_any_event(
+    store: Store, store_url: str
+) -> None:
+    leased = await start(store, "x")
+    await end(store, leased, "waiting", wake_at=WAKE, wait_types=("approval",))
+    raw_execute(store_url, "UPDATE {s}instances SET wait_types = NULL")  # as schema version 3 left it
+    await store.send_event(WF, "x", "note", "true", T0 + 10)
+    assert [c.id for c in await claim(store, now=T0 + 10)] == ["x"]
+
+
+async def test_a_paused_run_waiting_for_an_event_already_kept_goes_on_at_once_when_resumed(store: Store) -> None:
+    leased = await start(store, "x")
+    await store.control(WF, "x", "pause", T0 + 1)
+    await store.send_event(WF, "x", "approval", "true", T0 + 2)  # while running: kept only
+    assert await end(store, leased, "paused", now=T0 + 3, wake_at=WAKE, wait_types=("approval",)) == "paused"
+    await store.control(WF, "x", "resume", T0 + 4)
+    assert [c.id for c in await claim(store, now=T0 + 4)] == ["x"]
 
 
 async def test_an_event_for_a_paused_waiting_instance_fires_on_resume(store: Store) -> None:
@@ -1098,7 +1127,7 @@ async def leased_by_a_dead_worker(store: Store) -> Claim:
 
 
 async def waiting(store: Store, *, paused: bool = False) -> None:
-    await end(store, await start(store, "x"), "waiting", wake_at=WAKE)
+    await end(store, await start(store, "x"), "waiting", wake_at=WAKE, wait_types=("t",))
     if paused:
         await store.control(WF, "x", "pause", T0 + 2)
 
