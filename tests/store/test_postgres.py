@@ -192,6 +192,26 @@ async def test_a_refused_write_in_a_batch_undoes_only_itself(pg_url: str, monkey
         assert len(parts) >= 2 and max(parts) <= 64
 
 
+async def test_statements_first_prepared_in_a_refused_batch_keep_working(pg_url: str) -> None:
+    # psycopg prepares a statement on its 5th execution. When that falls in a pipeline that
+    # a refused write aborted, the server skipped the PREPARE but psycopg 3.3 keeps it as
+    # prepared, and every later use of the statement on that connection failed ("prepared
+    # statement _pg3_n does not exist"): step writes on it stopped landing for good.
+    async with opened(pg_url) as store:
+        for round in range(8):
+            ids = [f"r{round}-{n}" for n in range(3)]
+            await store.create_instances(WF, [(i, "{}") for i in ids], T0)
+            stale, *leases = (await store.claim("w1", [WF], 3, T0, T0 + LEASE)).claims
+            writes = [store.write(RunWrite(stale.pk, stale.token - 1, T0 + 1, steps=[do_step("a")]))]
+            writes += [store.write(RunWrite(c.pk, c.token, T0 + 1, steps=[do_step("a")])) for c in leases]
+            outcomes = await asyncio.gather(*writes, return_exceptions=True)  # one batch, the stale write first
+            assert isinstance(outcomes[0], LeaseLostError), (round, outcomes)
+            assert outcomes[1:] == ["running", "running"], (round, outcomes)
+            for claim in leases:  # and alone, afterwards
+                status = await store.write(RunWrite(claim.pk, claim.token, T0 + 2, steps=[do_step("b")]))
+                assert status == "running", round
+
+
 async def test_a_batch_of_claims_alone_commits_without_waiting_for_the_wal_flush(pg_url: str) -> None:
     async def setting(tx: Tx) -> str:
         cursor = await tx.conn.execute("SELECT current_setting('synchronous_commit')")
