@@ -226,7 +226,12 @@ class PostgresStore:
             self._conninfo,
             min_size=self._min_connections,
             max_size=self._max_connections,
-            kwargs={"autocommit": True},
+            # Every statement is prepared at its first run on a connection, not its 5th. When a
+            # statement fails in a pipeline the server skips the rest, PREPAREs too, and psycopg
+            # (3.3) would still hold as prepared one it had counted before and first prepared
+            # there: each later use of it on that connection then fails ("prepared statement
+            # _pg3_n does not exist"). A statement prepared at its first run is checked instead.
+            kwargs={"autocommit": True, "prepare_threshold": 0},
             open=False,
             name="stepstone",
         )

@@ -251,13 +251,6 @@ class GroupCommit:
             self._conn = await self._pool.getconn()
         return self._conn
 
-    async def _discard(self, conn: Connection) -> None:
-        """Close the connection and give it back to the pool, which replaces it."""
-        with contextlib.suppress(psycopg.Error):
-            await conn.close()
-        if conn is self._conn:
-            await self._release()
-
     async def _release(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -309,14 +302,9 @@ class GroupCommit:
                     outcomes.append(_Outcome(job, error=exc))
                 await asyncio.sleep(0)
             return outcomes, []
-        # The server skipped every statement after the failure, PREPAREs too; but psycopg
-        # (3.3) may hold as prepared a statement first prepared there, and each later use
-        # of it on this connection would fail ("prepared statement _pg3_n does not exist").
-        # So the connection goes (the server rolls its transaction back), and the pool
-        # opens another: a batch fails only when a write is refused, which is rare.
-        await self._discard(conn)
         if conn.broken or not isinstance(failure, Exception):
             raise failure
+        await _rollback(conn)
         if len(batch) > 1:
             raise _Refused from failure
         job = batch[0]
