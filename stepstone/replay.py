@@ -61,6 +61,8 @@ T = TypeVar("T")
 # Loop turns to let every branch reach its next step before a run is deemed idle.
 _SETTLE_TURNS = 3
 
+STORE_RETRY_SECONDS = 10.0
+"""How long a run tries again a store operation that fails, before it stops (see _persist)."""
 HOLD_WAIT = 0.1
 """Seconds: a recorded wait that a resumed run finds ending within this is waited out
 in-process instead of suspending again. Workers claim instances a moment before their
@@ -308,9 +310,14 @@ class Run:
             return await self.store.write(write)
         except LeaseLostError:
             return None
-        except Exception:
-            log.exception("store failure ending the run of instance %r; it will be run again", self.claim.id)
-            return None
+        except Exception as exc:
+            try:
+                return await self._persist(lambda: self.store.write(write), exc)
+            except LeaseLostError:
+                return None
+            except Exception:
+                log.exception("store failure ending the run of instance %r; it will be run again", self.claim.id)
+                return None
 
     async def _suspend_write(self, blocks: list[_Block]) -> Status | None:
         due = [b.wake_at for b in blocks if b.wake_at is not None]
@@ -345,25 +352,56 @@ class Run:
     async def _commit(self, steps: list[StepWrite]) -> None:
         """Record steps now, under the lease; stop the run if the lease is gone."""
         write = RunWrite(self.claim.pk, self.claim.token, clock.now(), self._placed(self._take_pending() + steps))
-        status = await self._guard(self.store.write(write))
+        status = await self._guard(lambda: self.store.write(write))
         if status == "waitingForPause":
             self.pause_requested = True
 
-    async def _guard(self, operation: Awaitable[T]) -> T:
-        """Await a store operation of the run; if it fails, stop the run (Stopped).
+    async def _guard(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Await a store operation of the run; if it fails for good, stop the run (Stopped).
 
-        A lost lease means another owner; any other failure (the database is down)
-        must not fail the workflow: the run stops, its lease lapses, and the instance
-        is run again later.
+        A lost lease means another owner. Any other failure (the database restarting, a
+        full disk) must not fail the workflow: the operation is tried again for a while
+        (_persist), and if it still fails the run stops, its lease lapses, and the
+        instance is run again later.
         """
         try:
-            return await operation
+            return await operation()
         except LeaseLostError:
             pass
-        except Exception:
-            log.exception("store failure in the run of instance %r; it will be run again", self.claim.id)
+        except Exception as exc:
+            try:
+                return await self._persist(operation, exc)
+            except LeaseLostError:
+                pass
+            except Exception:
+                log.exception("store failure in the run of instance %r; it will be run again", self.claim.id)
         self.stop()
         raise Stopped
+
+    async def _persist(self, operation: Callable[[], Awaitable[T]], failure: Exception) -> T:
+        """Try a store operation that failed with `failure` again, pausing longer each time,
+        for up to STORE_RETRY_SECONDS; then raise its last failure. A step whose result is
+        in hand is then recorded once the database answers again, not run again after the
+        lease lapses. Every write of a run is fenced by its lease, so one retried after
+        another worker took the instance over is refused, not applied; a retried write
+        records the same rows again (the step key and seq are the write's)."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + STORE_RETRY_SECONDS
+        pause = 0.05
+        while not self.stopped and loop.time() + pause < give_up:
+            log.warning(
+                "store failure in the run of instance %r (%s: %s); trying again in %g s",
+                self.claim.id, type(failure).__name__, failure, pause,
+            )  # fmt: skip
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
+            try:
+                return await operation()
+            except LeaseLostError:
+                raise
+            except Exception as exc:
+                failure = exc
+        raise failure
 
     def stop(self) -> None:
         """The lease is gone: abandon the run without recording anything more."""
@@ -621,7 +659,7 @@ class Run:
         instance, and the wait takes it again."""
         if any(write.consume_event is not None for write in self.pending):
             await self._commit([])  # an event taken but not yet recorded would be found again
-        event = await self._guard(self.store.next_event(self.claim.pk, type_))
+        event = await self._guard(lambda: self.store.next_event(self.claim.pk, type_))
         now = clock.now()
         if event is not None:
             result = _event_result(event.type, event.payload_json, event.sent_at)

@@ -9,6 +9,7 @@ import pytest
 
 import stepstone
 from stepstone import InvalidInputError, StepFailed, Workflow, WorkflowEvent, WorkflowStep
+from stepstone.store.base import RunWrite
 
 from .support import Calls, StartEngine, finish
 
@@ -287,3 +288,34 @@ async def test_invalid_step_option_escaping_run_errors_the_instance(start_engine
     assert st.error is not None
     assert st.error["name"] == "stepstone.InvalidInputError"
     assert calls.log == []
+
+
+@pytest.mark.parametrize("failing", ["a step's record", "the run's end"])
+async def test_a_store_failing_for_a_moment_delays_the_run_but_runs_no_step_again(
+    start_engine: StartEngine, failing: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = Calls()
+
+    class Steady(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            first = await step.do("first", calls.returning("first", 1))
+            second = await step.do("second", calls.returning("second", 2))
+            return first + second
+
+    engine = await start_engine(Steady)
+    store = engine.store
+    write = store.write
+    failures = [RuntimeError("the database is restarting")] * 2
+
+    async def flaky(run: RunWrite) -> Any:
+        hit = run.end is None and any(s.key.name == "second" for s in run.steps)
+        if (hit if failing == "a step's record" else run.end == "complete") and failures:
+            raise failures.pop()
+        return await write(run)
+
+    store.write = flaky  # type: ignore[method-assign]
+    st = await finish(await engine.workflow(Steady).create())
+    assert (st.status, st.output) == ("complete", 3)
+    assert failures == []
+    assert sorted(calls.log) == ["first", "second"]  # nothing ran again
+    assert "the database is restarting" in caplog.text
