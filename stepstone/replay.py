@@ -61,6 +61,9 @@ T = TypeVar("T")
 # Loop turns to let every branch reach its next step before a run is deemed idle.
 _SETTLE_TURNS = 3
 
+RECORD_WAIT = 0.05
+"""Seconds: how long a wait found over may wait to be recorded with the step after it
+before it is recorded by itself (see Run._record_soon)."""
 STORE_RETRY_SECONDS = 10.0
 """How long a run tries again a store operation that fails, before it stops (see _persist)."""
 HOLD_WAIT = 0.1
@@ -198,7 +201,10 @@ class Run:
         self.blocked: dict[StepKey, _Block] = {}
         self.inflight = 0
         self.pending: list[StepWrite] = []
-        """Step records to add to the next commit (sleeps found over)."""
+        """Waits found over (a sleep, an event taken), to record with the next write, or by
+        themselves if none comes soon (_record_soon)."""
+        self._recording: asyncio.Task[None] | None = None
+        self._record_timer: asyncio.TimerHandle | None = None
         self.pause_requested = False
         self.suspend_blocks: list[_Block] | None = None
         self.stopped = False
@@ -292,6 +298,7 @@ class Run:
         wait_types: list[str] | None = None,
     ) -> Status | None:
         self.ending = True
+        await self._recorded()
         self.wake_at = wake_at
         self.output_json = output_json
         self.error_json = None if error is None else json.dumps(error)
@@ -348,6 +355,31 @@ class Run:
     def _take_pending(self) -> list[StepWrite]:
         pending, self.pending = self.pending, []
         return pending
+
+    def _record_soon(self) -> None:
+        """Record the waits just found over soon: with the next write if one comes within
+        RECORD_WAIT (the step after a wait, if quick, is then recorded in the same commit),
+        else in a commit of their own that the step running meanwhile does not wait for, so
+        that the history shows the wait over while that step runs."""
+        if self._record_timer is None:
+            self._record_timer = asyncio.get_running_loop().call_later(RECORD_WAIT, self._start_recording)
+
+    def _start_recording(self) -> None:
+        self._record_timer = None
+        idle = self._recording is None or self._recording.done()  # (else it records these too)
+        if self.pending and idle and not self.ending and not self.stopped:
+            self._recording = asyncio.get_running_loop().create_task(self._record_pending())
+
+    async def _record_pending(self) -> None:
+        with contextlib.suppress(Stopped):  # (the run's own writes find the lease gone too)
+            while self.pending and not self.ending and not self.stopped:
+                await self._commit([])
+
+    async def _recorded(self) -> None:
+        """Wait for the commit of waits found over, if one is under way: a write that must
+        follow it (the run's end, a wait taking the next event) waits for it."""
+        if self._recording is not None:
+            await asyncio.wait([self._recording])
 
     async def _commit(self, steps: list[StepWrite]) -> None:
         """Record steps now, under the lease; stop the run if the lease is gone."""
@@ -622,6 +654,7 @@ class Run:
         if due > clock.now():
             await self._block(key, due, StepWrite(key, "waiting", started_at, due_at=due), recorded=recorded)
         self.pending.append(StepWrite(key, "complete", started_at, due_at=due, ended_at=clock.now()))
+        self._record_soon()
 
     def wait_for_event(self, name: object, type_: str, timeout: float) -> Coroutine[Any, Any, Event]:
         return self._wait_for_event(self._next_key("wait_for_event", name), type_, timeout)
@@ -653,10 +686,10 @@ class Run:
     async def _take_event(self, key: StepKey, type_: str, started_at: float, due: float) -> Event | None:
         """Take the first kept event of `type_` for this wait; WaitTimeout once overdue.
 
-        The event taken is recorded with the run's next write, as a completed sleep is: the
-        step that follows it is then recorded in the same commit, not one after. Should the
-        run end before (a crash), the event is still the first of its type kept for the
+        The event taken is recorded as a completed sleep is (_record_soon). Should the run
+        end before (a crash), the event is still the first of its type kept for the
         instance, and the wait takes it again."""
+        await self._recorded()
         if any(write.consume_event is not None for write in self.pending):
             await self._commit([])  # an event taken but not yet recorded would be found again
         event = await self._guard(lambda: self.store.next_event(self.claim.pk, type_))
@@ -665,6 +698,7 @@ class Run:
             result = _event_result(event.type, event.payload_json, event.sent_at)
             taken = StepWrite(key, "complete", started_at, result, due_at=due, ended_at=now, consume_event=event.seq)
             self.pending.append(taken)
+            self._record_soon()
             return Event(event.type, serialization.loads(event.payload_json), to_datetime(event.sent_at))
         if now < due:
             return None

@@ -190,8 +190,9 @@ class Suicide(Workflow):
 
 class TakenThenKilled(Workflow):
     """Waits for an `approve` event, then a step whose body, the first time it runs, SIGKILLs
-    its own worker as it returns (as Suicide's does). The event taken is recorded with that
-    step: a kill before the step's record loses both, and the next worker takes the event again.
+    its own worker as it returns (as Suicide's does). The event taken is recorded in a commit
+    of its own that the step does not wait for: a kill before that record loses it, and the
+    next worker takes the event again; the step's record never lands without it.
 
     params: {}; event payload: {"by": str}. Output: {"event": payload, "after": "approved by BY"}.
     """

@@ -268,11 +268,12 @@ async def test_kill_after_an_event_is_taken_and_before_its_record_takes_it_again
     await eventually(functools.partial(waiting_in, inst, "approval"), timeout=TAKEOVER, what="the wait")
     await inst.send_event("approve", {"by": "ada"})
     await cluster.died(first, timeout=TAKEOVER)
-    # The kill races the record of the step (and with it of the event taken), as in Suicide.
+    # The kill races the record of the step, as in Suicide, and may race that of the event
+    # taken (a commit the step does not wait for), which cannot come after the step's.
     detail = await inst.describe()
     recorded_first = step_of(detail, "after") is not None
     wait = step_of(detail, "approval")
-    assert wait is not None and (wait.status == "complete") == recorded_first  # recorded together
+    assert wait is not None and (wait.status == "complete" or not recorded_first)
 
     second = await cluster.start_worker()
     final = await inst.wait(timeout=TAKEOVER)

@@ -58,6 +58,16 @@ async def until(predicate: Callable[[], bool], what: str, timeout: float = DEADL
         await asyncio.sleep(0.005)
 
 
+async def until_equal(read: Callable[[], Awaitable[T]], expected: T, what: str, timeout: float = DEADLINE) -> None:
+    """Poll the async `read()` until it gives `expected`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (value := await read()) != expected:
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for: {what}; last read {value!r}")
+        await asyncio.sleep(0.005)
+
+
 async def stays(inst: stepstone.Instance, status: str, seconds: float) -> None:
     """Assert that the instance keeps `status` for `seconds` (polling all along)."""
     loop = asyncio.get_running_loop()

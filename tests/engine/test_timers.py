@@ -11,7 +11,7 @@ import pytest
 import stepstone
 from stepstone import InvalidInputError, Workflow, WorkflowEvent, WorkflowStep
 
-from .support import Calls, StartEngine, finish, wait_for_status
+from .support import Calls, Gate, StartEngine, finish, until_equal, wait_for_status
 
 
 async def run_once(start_engine: StartEngine, workflow: type[Workflow], params: Any = None) -> stepstone.InstanceStatus:
@@ -46,6 +46,28 @@ async def test_sleep_resumes_the_run_after_the_duration(start_engine: StartEngin
     st = await run_once(start_engine, ShortNap)
     assert st.status == "complete"
     assert st.output >= 0.3
+
+
+async def test_a_sleep_over_is_recorded_while_the_step_after_it_runs(start_engine: StartEngine) -> None:
+    gate = Gate()
+
+    class Nap(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            await step.sleep("nap", "200 ms")
+            return await step.do("after", gate.hold)
+
+    engine = await start_engine(Nap)
+    inst = await engine.workflow(Nap).create()
+    await gate.wait_entered()
+
+    async def steps() -> list[tuple[str, str]]:
+        return [(s.name, s.status) for s in (await inst.describe()).steps]
+
+    await until_equal(steps, [("nap", "complete")], "the sleep recorded over while 'after' runs")
+    assert (await inst.status()).status == "running"
+    gate.release()
+    assert (await finish(inst)).output == 1
+    assert await steps() == [("nap", "complete"), ("after", "complete")]
 
 
 async def test_sleep_accepts_every_form_of_duration(start_engine: StartEngine) -> None:
