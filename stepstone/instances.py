@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from stepstone.engine import Engine
 
 _MAX_PAGE = 1000
+_MAX_INT64 = 2**63 - 1
+"""The largest integer both stores hold (a cursor, a step's occurrence number)."""
+_CURSOR = re.compile("[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,23 @@ def detail_of(record: InstanceRecord, history: Sequence[StepRecord] = ()) -> Ins
     )
 
 
+async def workflow_rows(engine: Engine) -> list[dict[str, object]]:
+    """Every workflow an Engine recorded, with its instance counts by status, every status
+    named (GET /workflows, `stepstone workflows list --json`)."""
+    rows: list[dict[str, object]] = []
+    for name in await engine.store.workflow_names():
+        counts = await engine.store.status_counts(name, now=clock.now())
+        rows.append({"name": name, "counts": {status: counts.get(status, 0) for status in STATUSES}})
+    return rows
+
+
+def cursor_position(cursor: object) -> int:
+    """Where a page's `next_cursor` says the next page starts; InvalidInputError if it is no cursor."""
+    if not isinstance(cursor, str) or not _CURSOR.fullmatch(cursor) or int(cursor) > _MAX_INT64:
+        raise InvalidInputError(f"invalid cursor {cursor!r}: pass the next_cursor of a previous page")
+    return int(cursor)
+
+
 class Instance:
     """A handle on one workflow instance."""
 
@@ -230,9 +251,14 @@ class Instance:
         if from_step is not None:
             if type not in STEP_KINDS:
                 raise InvalidInputError(f"invalid step type {type!r}: expected one of {', '.join(STEP_KINDS)}")
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                raise InvalidInputError(f"invalid step count {count!r}: expected an integer >= 1")
+            if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= _MAX_INT64:
+                raise InvalidInputError(f"invalid step count {count!r}: expected an integer from 1 to {_MAX_INT64}")
             key = StepKey(type, from_step, count)
+        elif (count, type) != (1, "do"):
+            raise InvalidInputError(
+                f"restart(count={count!r}, type={type!r}) without from_step: they name the step to restart "
+                "from, so give from_step too"
+            )
         await self._engine.store.control(self.workflow, self.id, "restart", clock.now(), from_step=key)
         self._engine.revoke(self._pk)
         self._engine.wake()
@@ -352,11 +378,7 @@ class WorkflowHandle:
             raise InvalidInputError(f"invalid status {status!r}: expected one of {', '.join(STATUSES)}")
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= _MAX_PAGE:
             raise InvalidInputError(f"invalid limit {limit!r}: expected an integer from 1 to {_MAX_PAGE}")
-        before = None
-        if cursor is not None:
-            if not isinstance(cursor, str) or not cursor.isdigit():
-                raise InvalidInputError(f"invalid cursor {cursor!r}: pass the next_cursor of a previous page")
-            before = int(cursor)
+        before = None if cursor is None else cursor_position(cursor)
         records = await self._engine.store.list_instances(
             self.name, status=status, limit=limit + 1, before_pk=before, now=clock.now()
         )

@@ -31,12 +31,12 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_STATE = 0, 1, 2, 3, 4
 
 def fail(exc: BaseException) -> NoReturn:
     """Print one clear line on stderr and exit with the code that fits the error."""
-    if isinstance(exc, WorkflowNotFoundError | InstanceNotFoundError):
+    if isinstance(exc, InvalidInputError | ValueError):
+        code = EXIT_USAGE  # (an id no instance can have is bad input first, not found second)
+    elif isinstance(exc, WorkflowNotFoundError | InstanceNotFoundError):
         code = EXIT_NOT_FOUND
     elif isinstance(exc, InvalidStateError | InstanceExistsError):
         code = EXIT_STATE
-    elif isinstance(exc, InvalidInputError | ValueError):
-        code = EXIT_USAGE
     else:
         code = EXIT_ERROR
     click.echo(f"error: {exc}", err=True)
@@ -55,13 +55,15 @@ def store_error(url: str, exc: sqlite3.Error) -> StepstoneError:
 
 async def _serve(engine: Engine) -> None:
     """Run the engine until SIGINT or SIGTERM, then hand running instances back and stop."""
+    from stepstone.store import shown_url
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with engine:
         names = ", ".join(sorted(engine.workflows)) or "none"
-        click.echo(f"stepstone worker ready: {names} on {engine.url}", err=True)
+        click.echo(f"stepstone worker ready: {names} on {shown_url(engine.url)}", err=True)
         await stop.wait()
         click.echo("stepstone worker stopping: handing running instances back", err=True)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
@@ -11,7 +12,6 @@ from typing import Any, TypeVar
 
 import click
 
-from stepstone import clock
 from stepstone.cli import output
 from stepstone.cli.options import common_options, group_options
 from stepstone.errors import InvalidInputError, StepstoneError
@@ -62,14 +62,9 @@ def workflows() -> None:
 @common_options
 def workflows_list(db: str | None, as_json: bool) -> None:
     """List workflows with their instance counts by status."""
+    from stepstone.instances import workflow_rows
 
-    async def action(engine: Any) -> list[dict[str, Any]]:
-        rows = []
-        for name in await engine.store.workflow_names():
-            rows.append({"name": name, "counts": await engine.store.status_counts(name, now=clock.now())})
-        return rows
-
-    output.workflows(run_client(db, action), as_json)
+    output.workflows(run_client(db, workflow_rows), as_json)
 
 
 @click.group()
@@ -212,6 +207,12 @@ def instances_terminate_all(workflow: str, status: str | None, db: str | None, a
     output.done(f"terminated {count} instances of {workflow}", {"terminated": count}, as_json)
 
 
+def _given(param: str) -> bool:
+    """Whether the command line gave the current command's option `param` (not its default)."""
+    source = click.get_current_context().get_parameter_source(param)
+    return source is not None and source is not click.core.ParameterSource.DEFAULT
+
+
 @instances.command("restart")
 @click.argument("workflow")
 @click.argument("instance_id", metavar="ID")
@@ -223,6 +224,12 @@ def instances_restart(
     workflow: str, instance_id: str, from_step: str | None, count: int, kind: str, db: str | None, as_json: bool
 ) -> None:
     """Run an instance again from the start (or from a step)."""
+    if from_step is None:
+        given = [option for option, param in (("--count", "count"), ("--type", "kind")) if _given(param)]
+        if given:
+            from stepstone.cli import fail
+
+            fail(InvalidInputError(f"{' and '.join(given)} need --from-step (the step to restart from)"))
 
     async def action(engine: Any) -> str:
         inst = await _resolve(engine, workflow, instance_id)
@@ -278,6 +285,14 @@ def trigger(
     timeout: float | None, db: str | None, as_json: bool,
 ) -> None:  # fmt: skip
     """Create an instance of WORKFLOW; prints its id (and with --wait, how it ended)."""
+    from stepstone.cli import fail
+
+    if params is not None and params_argument is not None:
+        fail(InvalidInputError("params given twice: give PARAMS or --params, not both"))
+    if timeout is not None and not (0 < timeout < math.inf):
+        fail(InvalidInputError(f"invalid --timeout {timeout!r}: expected a number of seconds > 0"))
+    if timeout is not None and not wait:
+        fail(InvalidInputError("--timeout needs --wait (it is how long to wait for the instance to end)"))
     value = parse_json(params if params is not None else params_argument, "--params")
 
     async def action(engine: Any) -> Any:
@@ -293,7 +308,6 @@ def trigger(
                 await follow
                 await inst.wait()
         except TimeoutError:
-            from stepstone.cli import fail
             from stepstone.errors import StepstoneError
 
             fail(StepstoneError(f"instance {inst.id!r} did not end within {timeout:g} s"))

@@ -41,7 +41,13 @@ def load_engine(app: str) -> Engine:
     attribute = attribute or "engine"
     is_path = target.endswith(".py") or "/" in target
     module = _import_file(app, target) if is_path else _import_module(app, target)
-    engine = getattr(module, attribute, None)
+    if not attribute.isidentifier():
+        raise InvalidInputError(f"invalid APP {app!r}: {attribute!r} is not an attribute name; {_FORMS}")
+    if not hasattr(module, attribute):
+        raise InvalidInputError(
+            f"invalid APP {app!r}: {target} has no attribute {attribute!r} (it should name a stepstone.Engine)"
+        )
+    engine = getattr(module, attribute)
     if not isinstance(engine, Engine):
         raise InvalidInputError(
             f"invalid APP {app!r}: {target}:{attribute} is {type(engine).__name__}, expected a stepstone.Engine"

@@ -41,7 +41,7 @@ def workflows(rows: list[dict[str, Any]], as_json: bool) -> None:
     for row in rows:
         counts = row["counts"]
         table.add_row(
-            row["name"], str(sum(counts.values())), ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "-"
+            row["name"], str(sum(counts.values())), ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v) or "-"
         )
     console().print(table)
 

@@ -24,7 +24,7 @@ from stepstone.engine import Engine
 from stepstone.http import inputs, stream
 from stepstone.http.openapi import OPENAPI
 from stepstone.http.responses import ApiError, JSONResponse, api_error, failure, ok
-from stepstone.instances import Instance, WorkflowHandle, detail_of
+from stepstone.instances import Instance, WorkflowHandle, cursor_position, detail_of, workflow_rows
 from stepstone.store.base import STATUSES, InstanceRecord
 
 MAX_PER_PAGE = 100
@@ -77,8 +77,9 @@ async def _instance(request: Request, api: Api) -> Instance:
     return await handle.get(request.path_params["id"])
 
 
-async def _summary(instance: Instance) -> dict[str, Any]:
-    return (await instance.describe(steps=False)).as_dict(steps=False)
+async def _described(instance: Instance) -> dict[str, Any]:
+    """The instance as `stepstone instances describe --json` prints it, steps included."""
+    return (await instance.describe()).as_dict()
 
 
 # -- workflows ------------------------------------------------------------------------------
@@ -86,7 +87,7 @@ async def _summary(instance: Instance) -> dict[str, Any]:
 
 async def list_workflows(request: Request, api: Api) -> Response:
     """Every workflow an Engine recorded, with its instance counts by status."""
-    return ok(await stream.workflow_rows(api.engine))
+    return ok(await workflow_rows(api.engine))
 
 
 # -- instances ------------------------------------------------------------------------------
@@ -100,12 +101,11 @@ async def list_instances(request: Request, api: Api) -> Response:
         raise ApiError("invalid_input", f"invalid status {status!r}: expected one of {', '.join(STATUSES)}")
     per_page = inputs.query_int(request, "per_page", default=DEFAULT_PER_PAGE, low=1, high=MAX_PER_PAGE)
     cursor = request.query_params.get("cursor")
-    if cursor is not None and not cursor.isdigit():
-        raise ApiError("invalid_input", f"invalid cursor {cursor!r}: pass the cursor of a previous page")
+    before = None if cursor is None else cursor_position(cursor)
     start, end = inputs.query_time(request, "date_start"), inputs.query_time(request, "date_end")
     if start is not None and end is not None and start > end:
         raise ApiError("invalid_input", "invalid date range: date_start is after date_end")
-    records = await _page(api.engine, handle.name, status, per_page, cursor, start, end)
+    records = await _page(api.engine, handle.name, status, per_page, before, start, end)
     page = records[:per_page]
     next_cursor = str(page[-1].pk) if len(records) > per_page else None
     items = [detail_of(record).as_dict(steps=False) for record in page]
@@ -113,7 +113,7 @@ async def list_instances(request: Request, api: Api) -> Response:
 
 
 async def _page(
-    engine: Engine, workflow: str, status: str | None, per_page: int, cursor: str | None,
+    engine: Engine, workflow: str, status: str | None, per_page: int, before: int | None,
     start: datetime | None, end: datetime | None,
 ) -> list[InstanceRecord]:  # fmt: skip
     """Up to per_page + 1 records (one more tells that a next page exists) created within [start, end].
@@ -121,7 +121,6 @@ async def _page(
     Newest first by creation, so the first one created before `start` ends the scan. Times
     compare as the API shows them (to the microsecond), so a `created` read back selects its instance.
     """
-    before = None if cursor is None else int(cursor)
     if start is None and end is None:
         return await engine.store.list_instances(
             workflow, status=status, limit=per_page + 1, before_pk=before, now=clock.now()
@@ -154,7 +153,7 @@ async def create_instance(request: Request, api: Api) -> Response:
         allowed=("instance_id", "params"),
     )
     instance = await handle.create(id=body.get("instance_id"), params=body.get("params"))
-    return ok(await _summary(instance), status=201)
+    return ok(await _described(instance), status=201)
 
 
 async def create_batch(request: Request, api: Api) -> Response:
@@ -172,7 +171,7 @@ async def create_batch(request: Request, api: Api) -> Response:
         fields = inputs.json_object(item, what=f"batch item {index}", allowed=("instance_id", "params"))
         items.append({"id": fields.get("instance_id"), "params": fields.get("params")})
     created = await handle.create_batch(items)
-    return ok([await _summary(instance) for instance in created], status=201)
+    return ok([await _described(instance) for instance in created], status=201)
 
 
 async def get_instance(request: Request, api: Api) -> Response:
@@ -198,7 +197,7 @@ async def change_status(request: Request, api: Api) -> Response:
         await instance.restart(**_from_step(body.get("from")))
     else:
         await getattr(instance, action)()
-    return ok(await _summary(instance))
+    return ok(await _described(instance))
 
 
 def _from_step(value: Any) -> dict[str, Any]:

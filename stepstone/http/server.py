@@ -21,6 +21,7 @@ from stepstone.engine import Engine
 from stepstone.errors import InvalidInputError, StepstoneError
 from stepstone.http import auth
 from stepstone.http.app import create_app, stop_streams
+from stepstone.store import shown_url
 
 GRACE_SECONDS = 5
 """How long a stopping server lets running requests finish."""
@@ -87,14 +88,6 @@ def _address(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _store_name(url: str) -> str:
-    if url.startswith("postgres"):
-        from stepstone.store.postgres import redact
-
-        return redact(url)
-    return url
-
-
 async def _serve(engine: Engine, sock: socket.socket, token: str | None) -> None:
     app = create_app(engine, token=token)
     config = uvicorn.Config(
@@ -125,7 +118,7 @@ async def _serve(engine: Engine, sock: socket.socket, token: str | None) -> None
 
 
 def _announce(engine: Engine, sock: socket.socket, token: str | None) -> None:
-    parts = [f"stepstone API and dashboard ready: {_address(sock)}/", f"store {_store_name(engine.url)}"]
+    parts = [f"stepstone API and dashboard ready: {_address(sock)}/", f"store {shown_url(engine.url)}"]
     if engine.run_worker and engine.workflows:
         parts.append(f"worker for {', '.join(sorted(engine.workflows))}")
     parts.append("API token required" if token is not None else "no API token (loopback only)")

@@ -28,7 +28,7 @@ from stepstone.durations import to_datetime
 from stepstone.engine import Engine
 from stepstone.errors import InstanceNotFoundError
 from stepstone.http.responses import logger, to_json
-from stepstone.instances import detail_of
+from stepstone.instances import detail_of, workflow_rows
 from stepstone.store.base import STATUSES, InstanceRecord, Status
 
 KEEP_ALIVE_SECONDS = 15.0
@@ -140,15 +140,6 @@ async def instance_changes(engine: Engine, pacer: Pacer, workflow: str, instance
         if pacer.keep_alive_due():
             yield b": keep-alive\n\n"
         await pacer.pause()
-
-
-async def workflow_rows(engine: Engine) -> list[dict[str, object]]:
-    """Every workflow an Engine recorded, with its instance counts by status (GET /workflows)."""
-    rows: list[dict[str, object]] = []
-    for name in await engine.store.workflow_names():
-        counts = await engine.store.status_counts(name, now=clock.now())
-        rows.append({"name": name, "counts": {status: counts.get(status, 0) for status in STATUSES}})
-    return rows
 
 
 async def overview_changes(engine: Engine, pacer: Pacer) -> AsyncIterator[bytes]:

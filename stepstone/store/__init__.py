@@ -21,3 +21,12 @@ def from_url(url: str, **options: Any) -> Store:
     raise InvalidInputError(
         f"invalid database URL {url!r}: expected sqlite:///path/to/file.db or postgresql://user@host:port/db"
     )
+
+
+def shown_url(url: str) -> str:
+    """The URL as messages show it: a PostgreSQL URL without its password."""
+    if url.startswith("postgres"):
+        from stepstone.store.postgres import redact
+
+        return redact(url)
+    return url

@@ -154,7 +154,7 @@ def _conninfo(url: str) -> str:
     try:
         params = conninfo_to_dict(libpq_url)
     except psycopg.ProgrammingError as exc:
-        raise InvalidInputError(f"invalid PostgreSQL URL {redact(url)!r}: {exc}") from None
+        raise InvalidInputError(f"invalid PostgreSQL URL {redact(url)!r}: {one_line(exc)}") from None
     for port in str(params.get("port") or "").split(","):
         if port and not (port.isdigit() and 0 < int(port) < 65536):
             raise InvalidInputError(f"invalid PostgreSQL URL {redact(url)!r}: port {port!r} is not a number 1-65535")

@@ -11,12 +11,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from stepstone import Engine
+from stepstone.store.base import STATUSES
 
 from .app import Greeter
+
+ONE_QUEUED = {status: int(status == "queued") for status in STATUSES}
+"""`workflows list --json` counts of a workflow with one queued instance: every status named."""
 
 APP = str(Path(__file__).with_name("app.py"))
 STEPSTONE = [sys.executable, "-m", "stepstone"]
@@ -108,7 +113,7 @@ def test_trigger_generates_an_id_and_lists_show_it(registered: str) -> None:
     assert [(row["id"], row["workflow"], row["status"]) for row in listed] == [(new_id, "greeter", "queued")]
     assert "created" in listed[0]
     workflows = json.loads(cli("workflows", "list", "--json", url=registered).stdout)
-    assert workflows == [{"name": "greeter", "counts": {"queued": 1}}]
+    assert workflows == [{"name": "greeter", "counts": ONE_QUEUED}]
     latest = json.loads(cli("instances", "describe", "greeter", "latest", "--json", url=registered).stdout)
     assert latest["id"] == new_id
     assert {"id", "status", "params", "output", "error", "steps"} <= set(latest)
@@ -138,6 +143,38 @@ def test_user_errors_are_one_line_with_meaningful_exit_codes(registered: str) ->
     assert_one_line_error(cli("instances", "describe", "greeter", "missing", url=registered, check=False), 3)
 
 
+def test_bad_values_are_bad_input_whatever_they_name(registered: str) -> None:
+    """An id no instance can have, a cursor or count beyond any store's integers, options
+    that contradict each other: exit 2, and nothing is created."""
+    cli("trigger", "greeter", "--id", "b-1", url=registered)
+    for command in ("describe", "pause", "resume", "terminate", "restart", "delete"):
+        result = cli("instances", command, "greeter", "bad id!", url=registered, check=False)
+        assert_one_line_error(result, 2)
+        assert "'bad id!'" in result.stderr
+    assert_one_line_error(cli("instances", "describe", "greeter", "x" * 101, url=registered, check=False), 2)
+    huge = str(2**63)
+    result = cli("instances", "list", "greeter", "--cursor", huge, url=registered, check=False)
+    assert_one_line_error(result, 2)
+    assert huge in result.stderr
+    restart = ("instances", "restart", "greeter", "b-1")
+    assert_one_line_error(cli(*restart, "--from-step", "hello", "--count", huge, url=registered, check=False), 2)
+    for alone in (("--count", "2"), ("--type", "sleep")):
+        result = cli(*restart, *alone, url=registered, check=False)  # not a full restart: a mistake
+        assert_one_line_error(result, 2)
+        assert alone[0] in result.stderr and "--from-step" in result.stderr
+    for timeout in ("-1", "0", "nan", "inf"):
+        result = cli("trigger", "greeter", "--id", "t-1", "--wait", "--timeout", timeout, url=registered, check=False)
+        assert_one_line_error(result, 2)
+        assert "--timeout" in result.stderr
+    assert_one_line_error(cli("trigger", "greeter", "--id", "t-1", "--timeout", "5", url=registered, check=False), 2)
+    twice = ("trigger", "greeter", '{"who": "a"}', "--params", '{"who": "b"}', "--id", "t-1")
+    assert_one_line_error(cli(*twice, url=registered, check=False), 2)
+    listed = json.loads(cli("instances", "list", "greeter", "--json", url=registered).stdout)
+    assert [row["id"] for row in listed] == ["b-1"]
+    described = cli("instances", "describe", "greeter", "b-1", "--json", url=registered)
+    assert json.loads(described.stdout)["status"] == "queued"
+
+
 @pytest.mark.parametrize(
     ("args", "names"),
     [
@@ -161,7 +198,9 @@ def test_usage_mistakes_are_one_line_errors_naming_the_mistake(
 
 def test_app_forms_and_bad_apps(registered: str, tmp_path: Path) -> None:
     assert_one_line_error(cli("worker", str(tmp_path / "missing.py"), url=registered, check=False), 2)
-    assert_one_line_error(cli("worker", f"{APP}:nothing", url=registered, check=False), 2)
+    nothing = cli("worker", f"{APP}:nothing", url=registered, check=False)
+    assert_one_line_error(nothing, 2)
+    assert "has no attribute 'nothing'" in nothing.stderr
     assert_one_line_error(cli("worker", "no_such_module_here", url=registered, check=False), 2)
     for app in (f"{APP}:other", "tests.cli.app:engine", "tests.cli.app"):
         process = subprocess.Popen([*STEPSTONE, "worker", app, "--db", registered], stderr=subprocess.PIPE, text=True)
@@ -229,6 +268,13 @@ def test_an_unreachable_postgres_store_is_a_one_line_error() -> None:
         assert "cannot connect to PostgreSQL at postgresql://nobody@127.0.0.1:1/nothing" in result.stderr
 
 
+def test_a_malformed_postgres_url_is_a_one_line_error_naming_it() -> None:
+    url = "postgresql://nobody@127.0.0.1:5432/nothing?bogusparam=1"
+    result = cli("workflows", "list", "--db", url, url=url, check=False)
+    assert_one_line_error(result, 2)  # (libpq's message ends with a newline of its own)
+    assert "bogusparam" in result.stderr
+
+
 def test_db_and_json_may_come_before_the_subcommand(registered: str, tmp_path: Path) -> None:
     elsewhere = f"sqlite:///{tmp_path}/missing-directory/stepstone.db"  # $STEPSTONE_DATABASE_URL: not used
     cli("--db", registered, "trigger", "greeter", "{}", "--id", "early", url=elsewhere)
@@ -241,7 +287,7 @@ def test_db_and_json_may_come_before_the_subcommand(registered: str, tmp_path: P
     ):
         assert [row["id"] for row in json.loads(cli(*args, url=elsewhere).stdout)] == ["early"], args
     workflows = json.loads(cli("workflows", "--json", "--db", registered, "list", url=elsewhere).stdout)
-    assert workflows == [{"name": "greeter", "counts": {"queued": 1}}]
+    assert workflows == [{"name": "greeter", "counts": ONE_QUEUED}]
     wrong_last = cli("instances", "--db", registered, "list", "greeter", "--db", elsewhere, url=registered, check=False)
     assert_one_line_error(wrong_last, 2)
     process = subprocess.Popen(
@@ -257,6 +303,23 @@ def test_db_and_json_may_come_before_the_subcommand(registered: str, tmp_path: P
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
         process.stderr.close()
+
+
+def test_the_worker_shows_its_store_without_the_password(registered: str) -> None:
+    url, parts = registered, urlsplit(registered)
+    if parts.scheme == "postgresql":  # (trust auth ignores the password)
+        netloc = f"{parts.username or 'postgres'}:s3cret@{parts.hostname}:{parts.port or 5432}"
+        url = urlunsplit(parts._replace(netloc=netloc))
+    process = subprocess.Popen([*STEPSTONE, "worker", APP, "--db", url], stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    try:
+        line = process.stderr.readline()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0, line
+        process.stderr.close()
+    assert "ready" in line and "s3cret" not in line
+    assert (parts.hostname or parts.path) in line
 
 
 def test_trigger_wait_shows_how_the_instance_ended(registered: str, worker: subprocess.Popen[str]) -> None:

@@ -299,6 +299,15 @@ async def test_list_pages_through_every_instance_with_the_cursor(start_engine: S
     assert pages == (total + 1) // 2  # the last page ends the paging, even when it is full
 
 
+@pytest.mark.parametrize("cursor", ["", "-1", "1.5", "abc", "\u0661", "\u00b2", str(2**63), 7])
+async def test_list_refuses_what_no_page_gave_as_a_cursor(start_engine: StartEngine, cursor: Any) -> None:
+    engine = await start_engine(Echo, worker=False)
+    await engine.workflow(Echo).create(id="e")
+    with pytest.raises(InvalidInputError, match="invalid cursor"):
+        await engine.workflow(Echo).list(cursor=cursor)
+    assert [inst.id for inst in await engine.workflow(Echo).list(cursor=str(2**63 - 1))] == ["e"]
+
+
 async def test_list_filters_by_status(start_engine: StartEngine) -> None:
     engine = await start_engine(Echo, Napper)
     nappers = [await engine.workflow(Napper).create(id=f"nap-{i}") for i in range(3)]

@@ -543,6 +543,26 @@ async def test_restart_with_an_unknown_step_type_raises_invalid_input(start_engi
     assert await inst.status() == before
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{"from_step": "a", "count": 2**63}, {"from_step": "a", "count": 0}, {"count": 2}, {"type": "sleep"}],
+    ids=["count-beyond-any-store", "count-zero", "count-without-step", "type-without-step"],
+)
+async def test_restart_with_bad_step_options_raises_invalid_input(
+    start_engine: StartEngine, options: dict[str, Any]
+) -> None:
+    class One(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            return await step.do("a", lambda: "A")
+
+    engine = await start_engine(One)
+    inst = await engine.workflow(One).create()
+    before = await finish(inst)
+    with pytest.raises(InvalidInputError):
+        await inst.restart(**options)
+    assert await inst.status() == before
+
+
 # -- delete ------------------------------------------------------------------------------------
 
 

@@ -60,7 +60,7 @@ async def test_create_returns_the_queued_instance(client: httpx.AsyncClient) -> 
     assert created["id"] == "order-1" and created["workflow"] == "greeter" and created["status"] == "queued"
     assert created["params"] == {"who": "ana"} and created["output"] is None and created["error"] is None
     assert datetime.fromisoformat(str(created["created"])).tzinfo is not None
-    assert "steps" not in created
+    assert created["steps"] == []
 
 
 async def test_create_without_a_body_generates_an_id_and_null_params(client: httpx.AsyncClient) -> None:
