@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
@@ -19,12 +20,31 @@ from stepstone.errors import InvalidInputError, StepstoneError
 T = TypeVar("T")
 
 
-def run_client(db: str | None, action: Callable[[Any], Awaitable[T]]) -> T:
-    """Run `action(engine)` with a client Engine (no worker) on `db`; errors end the process."""
+def run_client(db: str | None, action: Callable[[Any], Awaitable[T]], *, if_no_store: T | None = None) -> T:
+    """Run `action(engine)` with a client Engine (no worker) on `db`; errors end the process.
+
+    A SQLite file that does not exist is not created (a mistyped path must not leave an
+    empty store behind): the result is then `if_no_store`, or without one, no workflow
+    is known there (exit 3).
+    """
     from stepstone.cli import fail, store_error
     from stepstone.engine import Engine
+    from stepstone.errors import WorkflowNotFoundError
+    from stepstone.store.sqlite import path_from_url
 
     engine = Engine(db, worker=False)  # no --db: $STEPSTONE_DATABASE_URL, or the default
+    if engine.url.startswith("sqlite:"):
+        try:
+            path = path_from_url(engine.url)
+        except StepstoneError as exc:
+            fail(exc)
+        if not os.path.lexists(path):
+            if if_no_store is not None:
+                return if_no_store
+            fail(WorkflowNotFoundError(
+                f"no store at {path!r} ({engine.url}), so no workflow is known there: no Engine has run on it "
+                "(check --db or $STEPSTONE_DATABASE_URL)"
+            ))  # fmt: skip
 
     async def main() -> T:
         async with engine:
@@ -64,7 +84,7 @@ def workflows_list(db: str | None, as_json: bool) -> None:
     """List workflows with their instance counts by status."""
     from stepstone.instances import workflow_rows
 
-    output.workflows(run_client(db, workflow_rows), as_json)
+    output.workflows(run_client(db, workflow_rows, if_no_store=[]), as_json)
 
 
 @click.group()

@@ -148,6 +148,11 @@ def path_from_url(url: str) -> str:
         )
     if not rest.startswith("/") or rest == "/":
         raise InvalidInputError(f"invalid SQLite URL {url!r}: expected sqlite:///path/to/file.db")
+    if "?" in rest or "#" in rest:
+        raise InvalidInputError(
+            f"invalid SQLite URL {url!r}: expected sqlite:///path/to/file.db, without a query or fragment "
+            "(the store sets its own connection options)"
+        )
     return rest[1:]
 
 

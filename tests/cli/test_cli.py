@@ -268,6 +268,20 @@ def test_an_unreachable_postgres_store_is_a_one_line_error() -> None:
         assert "cannot connect to PostgreSQL at postgresql://nobody@127.0.0.1:1/nothing" in result.stderr
 
 
+def test_commands_on_a_sqlite_file_that_does_not_exist_create_none(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'typo.db'}"
+    assert json.loads(cli("workflows", "list", "--json", url=url).stdout) == []
+    commands = (["instances", "list", "greeter"], ["trigger", "greeter"], ["instances", "describe", "greeter", "a"])
+    for command in commands:
+        result = cli(*command, url=url, check=False)
+        assert_one_line_error(result, 3)
+        assert "no store at" in result.stderr and "typo.db" in result.stderr
+    query = cli("workflows", "list", url=f"{url}?mode=ro", check=False)
+    assert_one_line_error(query, 2)
+    assert "?mode=ro" in query.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_malformed_postgres_url_is_a_one_line_error_naming_it() -> None:
     url = "postgresql://nobody@127.0.0.1:5432/nothing?bogusparam=1"
     result = cli("workflows", "list", "--db", url, url=url, check=False)
@@ -289,7 +303,8 @@ def test_db_and_json_may_come_before_the_subcommand(registered: str, tmp_path: P
     workflows = json.loads(cli("workflows", "--json", "--db", registered, "list", url=elsewhere).stdout)
     assert workflows == [{"name": "greeter", "counts": ONE_QUEUED}]
     wrong_last = cli("instances", "--db", registered, "list", "greeter", "--db", elsewhere, url=registered, check=False)
-    assert_one_line_error(wrong_last, 2)
+    assert_one_line_error(wrong_last, 3)  # no store there: the later --db was used
+    assert "missing-directory" in wrong_last.stderr
     process = subprocess.Popen(
         [*STEPSTONE, "--db", registered, "worker", APP],
         stderr=subprocess.PIPE,
