@@ -249,6 +249,8 @@ class Instance:
         """
         key = None
         if from_step is not None:
+            if not isinstance(from_step, str):
+                raise InvalidInputError(f"invalid from_step {from_step!r}: expected a step's name (a str)")
             if type not in STEP_KINDS:
                 raise InvalidInputError(f"invalid step type {type!r}: expected one of {', '.join(STEP_KINDS)}")
             if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= _MAX_INT64:

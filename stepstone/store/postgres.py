@@ -14,6 +14,7 @@ channel, which PostgreSQL delivers at commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import re
@@ -128,6 +129,29 @@ def _one_instance(workflow: str, item: tuple[str, str], now: float, lease: Lease
 
 def _not_found(workflow: str, instance_id: str) -> InstanceNotFoundError:
     return InstanceNotFoundError(f"no instance {instance_id!r} in workflow {workflow!r}")
+
+
+_CLAIM_HORIZON = 1.0
+"""Seconds: a waiting instance due within this may be claimed now (workers claim a moment ahead)."""
+
+
+def _claimable(status: Status, wake_at: float | None, lease_expires: float | None, now: float) -> bool:
+    """Whether a worker may claim an instance in this state now (see queries.CLAIM)."""
+    if status == "queued":
+        return True
+    if status == "waiting":
+        return wake_at is not None and wake_at <= now + _CLAIM_HORIZON
+    if status in ("running", "waitingForPause"):
+        return lease_expires is not None and lease_expires < now
+    return False
+
+
+_Change = Callable[[Tx, int, Status, "Status | None"], Awaitable[T]]
+"""A change to an instance whose row is locked: (tx, pk, status, paused_status) -> result."""
+
+
+async def _wake_workers(tx: Tx) -> None:
+    tx.wake_workers()
 
 
 # -- URLs ---------------------------------------------------------------------------------
@@ -405,14 +429,7 @@ class PostgresStore:
         ]
 
     async def send_event(self, workflow: str, instance_id: str, type: str, payload_json: str, now: float) -> int:
-        async def send(tx: Tx) -> int:
-            # Lock the instance before keeping the event: a run ending with `waiting` checks
-            # for pending events under the same lock, so one of the two sees the other.
-            cursor = await tx.conn.execute(self._sql(queries.LOCK_INSTANCE), (workflow, instance_id))
-            row = await cursor.fetchone()
-            if row is None:
-                raise _not_found(workflow, instance_id)
-            pk, status, _ = row
+        async def send(tx: Tx, pk: int, status: Status, paused_status: Status | None) -> int:
             if not lifecycle.can_receive_events(status):
                 raise InvalidStateError(
                     f"cannot send an event to instance {instance_id!r}: it is {status}; events are "
@@ -426,18 +443,15 @@ class PostgresStore:
                 tx.wake_workers()
             return int(seq)
 
-        return await self._write(send)
+        # Locked before the event is kept: a run ending with `waiting` checks for pending
+        # events under the same lock, so one of the two sees the other.
+        return await self._locking(workflow, instance_id, now, send)
 
     async def control(
         self, workflow: str, instance_id: str, op: ControlOp, now: float, *, from_step: StepKey | None = None
     ) -> InstanceRecord:
-        async def apply(tx: Tx) -> InstanceRecord:
+        async def apply(tx: Tx, pk: int, status: Status, paused_status: Status | None) -> InstanceRecord:
             conn = tx.conn
-            cursor = await conn.execute(self._sql(queries.LOCK_INSTANCE), (workflow, instance_id))
-            row = await cursor.fetchone()
-            if row is None:
-                raise _not_found(workflow, instance_id)
-            pk, status, paused_status = row
             change = lifecycle.plan(op, status, paused_status)
             if op == "restart":
                 await self._discard_history(conn, pk, from_step)
@@ -457,7 +471,37 @@ class PostgresStore:
                 tx.wake_workers()
             return _instance(record)
 
-        return await self._write(apply)
+        return await self._locking(workflow, instance_id, now, apply)
+
+    async def _locking(self, workflow: str, instance_id: str, now: float, change: _Change[T]) -> T:
+        """Lock the instance's row, then apply `change(tx, pk, status, paused_status)`.
+
+        Claims skip a locked row (FOR UPDATE SKIP LOCKED) and a worker that found nothing
+        to claim sleeps until it is told of work; so if the instance was claimable when
+        locked (queued, due, or its lease lapsed), the workers are woken after, whether
+        the change is kept or refused (then by a notification of its own).
+        """
+        claimable = False
+
+        async def locked(tx: Tx) -> T:
+            nonlocal claimable
+            cursor = await tx.conn.execute(self._sql(queries.LOCK_INSTANCE), (workflow, instance_id))
+            row = await cursor.fetchone()
+            if row is None:
+                raise _not_found(workflow, instance_id)
+            pk, status, paused_status, wake_at, lease_expires = row
+            claimable = _claimable(status, wake_at, lease_expires, now)
+            if claimable:
+                tx.wake_workers()
+            return await change(tx, pk, status, paused_status)
+
+        try:
+            return await self._write(locked)
+        except Exception:
+            if claimable:
+                with contextlib.suppress(Exception):
+                    await self._write(_wake_workers, durable=False)
+            raise
 
     async def _discard_history(self, conn: Connection, pk: int, from_step: StepKey | None) -> None:
         """Delete an instance's steps (all, or from `from_step` on); events they took go too."""

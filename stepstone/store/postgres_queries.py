@@ -48,7 +48,11 @@ EXISTING_IDS = "SELECT id FROM {s}.instances WHERE workflow = %s AND id = ANY(%s
 
 FIND_INSTANCE = f"SELECT {INSTANCE_COLUMNS} FROM {{s}}.instances WHERE workflow = %s AND id = %s"
 
-LOCK_INSTANCE = "SELECT pk, status, paused_status FROM {s}.instances WHERE workflow = %s AND id = %s FOR UPDATE"
+# Claims skip the row while this lock holds it: whoever takes it wakes the workers after
+# if the instance was claimable (see PostgresStore._locking).
+LOCK_INSTANCE = """
+SELECT pk, status, paused_status, wake_at, lease_expires FROM {s}.instances WHERE workflow = %s AND id = %s FOR UPDATE
+"""
 
 KEEP_EVENT = """
 WITH kept AS (

@@ -148,6 +148,28 @@ async def test_an_event_taken_is_recorded_while_the_step_after_it_runs(start_eng
     assert await steps() == [("review", "complete"), ("act", "complete")]
 
 
+async def test_an_event_sent_just_after_create_does_not_hide_the_instance_from_workers(
+    start_engine: StartEngine,
+) -> None:
+    """On PostgreSQL, send_event (and a refused lifecycle operation) lock the instance's row,
+    which a claim made meanwhile skips: the workers must be told to look again, or the
+    instance stays queued until their next look for work (30 s)."""
+
+    class Approve(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            return (await step.wait_for_event("go", type="go", timeout="1 hour")).payload
+
+    await start_engine(Approve)
+    client = await start_engine(Approve, worker=False)
+    for i in range(8):
+        inst = await client.workflow(Approve).create()
+        if i % 2:
+            with pytest.raises(stepstone.InvalidStateError):
+                await inst.resume()  # refused: it is queued (or running)
+        await inst.send_event("go", i)
+        assert (await inst.wait(timeout=10)).output == i
+
+
 async def test_events_are_matched_by_type(start_engine: StartEngine) -> None:
     class ByType(Workflow):
         async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:

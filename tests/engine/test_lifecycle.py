@@ -545,8 +545,15 @@ async def test_restart_with_an_unknown_step_type_raises_invalid_input(start_engi
 
 @pytest.mark.parametrize(
     "options",
-    [{"from_step": "a", "count": 2**63}, {"from_step": "a", "count": 0}, {"count": 2}, {"type": "sleep"}],
-    ids=["count-beyond-any-store", "count-zero", "count-without-step", "type-without-step"],
+    [
+        {"from_step": "a", "count": 2**63},
+        {"from_step": "a", "count": 0},
+        {"count": 2},
+        {"type": "sleep"},
+        {"from_step": 5},
+        {"from_step": b"a"},
+    ],
+    ids=["count-beyond-any-store", "count-zero", "count-without-step", "type-without-step", "int-name", "bytes-name"],
 )
 async def test_restart_with_bad_step_options_raises_invalid_input(
     start_engine: StartEngine, options: dict[str, Any]
