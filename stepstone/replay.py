@@ -103,29 +103,92 @@ class _Branch:
 
     Concurrent branches call steps in an order that depends on timing: a step's
     occurrence number, given in call order, can go to another branch's step on replay.
-    So a step is found again by where it was called: its branch's path (the n-th branch
-    that its parent branch started, counted in the order they first call a step; '' is
-    the run itself) and the number of calls of its kind and name in that branch before it.
+    So a step is found again by where it was called: its branch's path and the number of
+    calls of its kind and name in that branch before it. The path is the task's origin
+    (see _Origin): '~' then the positions, in the order each task's parent created it, of
+    the tasks from the run's own down to it ('' is the run itself), which do not depend on
+    timing. Steps recorded before origins were kept have a path of another form (`by_first_call`:
+    the n-th branch its parent branch started, counted in the order they first call a
+    step); a run whose history has such steps goes on numbering branches that way.
     """
 
-    __slots__ = ("calls", "children", "path", "run", "task")
+    __slots__ = ("by_first_call", "calls", "children", "path", "run", "task")
 
-    def __init__(self, run: Run, task: asyncio.Task[Any] | None, path: str) -> None:
+    def __init__(self, run: Run, task: asyncio.Task[Any] | None, path: str, by_first_call: str) -> None:
         self.run = run
         self.task = task
         self.path = path
+        self.by_first_call = by_first_call
         self.children = 0
         self.calls: dict[tuple[StepKind, str], int] = {}
 
     def child(self, task: asyncio.Task[Any] | None) -> _Branch:
-        path = f"{self.path}.{self.children}" if self.path else str(self.children)
+        by_first_call = f"{self.by_first_call}.{self.children}" if self.by_first_call else str(self.children)
         self.children += 1
-        return _Branch(self.run, task, path)
+        origin = _origin.get()
+        if origin is not None and origin.task in (None, task):
+            origin.task = task
+            path = f"~{origin.path}"
+        else:  # a task created where the run's task factory could not see it
+            path = f"?{by_first_call}"
+        return _Branch(self.run, task, path, by_first_call)
 
 
 _branch: contextvars.ContextVar[_Branch | None] = contextvars.ContextVar("stepstone_branch", default=None)
 """The branch of the task at hand: set in the run's task, inherited by the tasks it starts
 (asyncio copies the context into a new task) until they call a step and become branches."""
+
+
+class _Origin:
+    """Where a task of a run was created: its position among the tasks its parent created."""
+
+    __slots__ = ("created", "path", "task")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.created = 0
+        self.task: asyncio.Task[Any] | None = None
+
+    def child(self) -> _Origin:
+        path = f"{self.path}.{self.created}" if self.path else str(self.created)
+        self.created += 1
+        return _Origin(path)
+
+
+_origin: contextvars.ContextVar[_Origin | None] = contextvars.ContextVar("stepstone_origin", default=None)
+"""The origin of the task at hand, if it belongs to a run's workflow code (not a step's body)."""
+
+
+def _task_factory(previous: Any) -> Any:
+    """A loop task factory that gives each task a run's workflow code creates its _Origin,
+    at creation (whatever the order in which the tasks later run), then makes it as
+    `previous` (the loop's factory before, None for asyncio's own) would."""
+
+    def create(loop: asyncio.AbstractEventLoop, coro: Any, *, context: contextvars.Context | None = None) -> Any:
+        parent = _origin.get()
+        if parent is not None:
+            context = context if context is not None else contextvars.copy_context()
+            if context.get(_origin) is parent:
+                context.run(_origin.set, parent.child())
+        if previous is None:
+            return asyncio.Task(coro, loop=loop, context=context)
+        return previous(loop, coro) if context is None else previous(loop, coro, context=context)
+
+    create.stepstone = True  # type: ignore[attr-defined]
+    return create
+
+
+def _ensure_task_factory(loop: asyncio.AbstractEventLoop) -> None:
+    factory = loop.get_task_factory()
+    if not getattr(factory, "stepstone", False):
+        loop.set_task_factory(_task_factory(factory))
+
+
+def _outside_workflow_code() -> contextvars.Context:
+    """A copy of the current context in which tasks created are none of the run's branches."""
+    context = contextvars.copy_context()
+    context.run(_origin.set, None)
+    return context
 
 
 def _read_outcome(future: asyncio.Future[Any]) -> None:
@@ -197,7 +260,9 @@ class Run:
             self.top[(kind, name)] = max(self.top.get((kind, name), 0), count)
         self.branches: dict[StepKey, str] = {}
         """Where each step new to the history was called, to record with it."""
-        self.root = _Branch(self, None, "")
+        self.root = _Branch(self, None, "", "")
+        self.first_call_paths = any(record.branch and record.branch[0].isdigit() for record in history)
+        """Whether the history has steps recorded in branches numbered by first call (_Branch.by_first_call)."""
         self.blocked: dict[StepKey, _Block] = {}
         self.inflight = 0
         self.pending: list[StepWrite] = []
@@ -232,10 +297,13 @@ class Run:
             instance_id=self.claim.id,
             workflow_name=self.claim.workflow,
         )
+        loop = asyncio.get_running_loop()
+        _ensure_task_factory(loop)
         context = contextvars.copy_context()
         context.run(_branch.set, self.root)
+        context.run(_origin.set, _Origin(""))
         run = self.workflow.run(event, WorkflowStep(self))
-        self._task = asyncio.get_running_loop().create_task(run, context=context)
+        self._task = loop.create_task(run, context=context)
         self.root.task = self._task
         try:
             await asyncio.wait([self._task])
@@ -368,7 +436,9 @@ class Run:
         self._record_timer = None
         idle = self._recording is None or self._recording.done()  # (else it records these too)
         if self.pending and idle and not self.ending and not self.stopped:
-            self._recording = asyncio.get_running_loop().create_task(self._record_pending())
+            self._recording = asyncio.get_running_loop().create_task(
+                self._record_pending(), context=_outside_workflow_code()
+            )
 
     async def _record_pending(self) -> None:
         with contextlib.suppress(Stopped):  # (the run's own writes find the lease gone too)
@@ -529,7 +599,7 @@ class Run:
             )
         branch = self._branch()
         n = branch.calls[(kind, name)] = branch.calls.get((kind, name), 0) + 1
-        where = f"{branch.path}#{n}"
+        where = f"{branch.by_first_call if self.first_call_paths else branch.path}#{n}"
         record = self.calls.get((kind, name, where)) if self.calls else None
         if self.legacy:  # (every call counts, as it did when those steps were recorded)
             nth = self.called[(kind, name)] = self.called.get((kind, name), 0) + 1
@@ -589,6 +659,7 @@ class Run:
                 await self._block(key, None, None)
             attempt += 1
             self.inflight += 1  # (the body of _busy, inline: this is the hot path)
+            origin = _origin.set(None)  # the tasks a step's body creates are not the run's branches
             try:
                 began = clock.now()
                 error: Exception | None = None
@@ -629,6 +700,7 @@ class Run:
                     )
                     raise StepFailed(key.name, error_type, message) from error
             finally:
+                _origin.reset(origin)
                 self._idle()
             due = ended + config.retries.wait_before_retry(attempt)
             if due > clock.now():

@@ -15,7 +15,7 @@ import pytest
 import stepstone
 from stepstone import StepContext, StepFailed, Workflow, WorkflowEvent, WorkflowStep
 
-from .support import Calls, StartEngine, awaited, finish
+from .support import Calls, StartEngine, awaited, finish, wait_for_status
 
 
 async def run_once(start_engine: StartEngine, workflow: type[Workflow], params: Any = None) -> stepstone.InstanceStatus:
@@ -481,6 +481,88 @@ async def test_steps_recorded_before_schema_3_are_found_by_their_occurrence_in_c
     st = await finish(inst)
     assert (st.status, st.output) == ("complete", [[["x0", "y0"], ["x1", "y1"]], "root", "tail"])
     assert sorted(calls.log) == ["x root", "x tail", "x0", "x1", "y0", "y1"]  # none ran again
+
+
+@pytest.mark.parametrize("spawn", ["gather", "task-group"])
+async def test_branches_whose_first_step_waits_on_a_sibling_keep_their_steps(
+    start_engine: StartEngine, spawn: str
+) -> None:
+    # Each consumer calls its first step when its producer's step ends: live, p2 ends
+    # first, so c2 calls "x" first; on replay both producers' steps return at once, in
+    # the order called, and c1 calls "x" first. Each must get its own recorded "x".
+    calls = Calls()
+
+    class ProducersConsumers(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            ready = {"c1": asyncio.Event(), "c2": asyncio.Event()}
+
+            async def producer(name: str, seconds: float, consumer: str) -> None:
+                async def produce() -> str:
+                    await asyncio.sleep(seconds)
+                    return name
+
+                await step.do(name, produce)
+                ready[consumer].set()
+
+            async def consumer(label: str) -> str:
+                await ready[label].wait()
+                return str(await step.do("x", calls.returning(f"x for {label}", label)))
+
+            branches = [producer("p1", 0.3, "c1"), producer("p2", 0.0, "c2"), consumer("c1"), consumer("c2")]
+            if spawn == "gather":
+                results = await asyncio.gather(*branches)
+            else:
+                async with asyncio.TaskGroup() as group:
+                    tasks = [group.create_task(branch) for branch in branches]
+                results = [task.result() for task in tasks]
+            await step.sleep("nap", "10 ms")  # the run is replayed after this
+            return results[2:]
+
+    assert (await run_once(start_engine, ProducersConsumers)).output == ["c1", "c2"]
+    assert sorted(calls.log) == ["x for c1", "x for c2"]
+
+
+async def test_branches_recorded_before_creation_order_paths_are_found_again(
+    start_engine: StartEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An instance whose branches' steps were recorded under paths numbered by first call
+    (before this version) replays them by that numbering, steps not run again."""
+    calls = Calls()
+
+    class Waits(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            second = asyncio.Event()
+
+            async def branch(i: int) -> int:
+                if i == 0:
+                    await second.wait()  # branch 1 calls a step first: it was numbered 0
+                value = await step.do("x", calls.returning(f"x {i}", i))
+                second.set()
+                await step.wait_for_event(f"go {i}", type="go", timeout="1 hour")
+                return int(value)
+
+            return await asyncio.gather(branch(0), branch(1))
+
+    from stepstone import replay
+
+    first_call = replay._Branch.child
+
+    def recorded_as_before(self: Any, task: Any) -> Any:
+        branch = first_call(self, task)
+        branch.path = branch.by_first_call
+        return branch
+
+    monkeypatch.setattr(replay._Branch, "child", recorded_as_before)
+    engine = await start_engine(Waits)
+    inst = await engine.workflow(Waits).create()
+    await wait_for_status(inst, "waiting")
+    history = await engine.store.history((await engine.store.get_instance("Waits", inst.id)).pk)
+    assert sorted(record.branch or "" for record in history if record.key.name == "x") == ["0#1", "1#1"]
+    monkeypatch.setattr(replay._Branch, "child", first_call)
+    await inst.send_event("go")
+    await inst.send_event("go")
+    assert (await finish(inst)).output == [0, 1]
+    assert sorted(calls.log) == ["x 0", "x 1"]
 
 
 async def test_nested_branches_keep_their_steps_across_a_crash_like_replay(start_engine: StartEngine) -> None:
