@@ -164,15 +164,17 @@ def _task_factory(previous: Any) -> Any:
     at creation (whatever the order in which the tasks later run), then makes it as
     `previous` (the loop's factory before, None for asyncio's own) would."""
 
-    def create(loop: asyncio.AbstractEventLoop, coro: Any, *, context: contextvars.Context | None = None) -> Any:
+    def create(loop: asyncio.AbstractEventLoop, coro: Any, **options: Any) -> Any:
+        # `options`: what the loop passes on from create_task (context; from Python 3.13 also name).
         parent = _origin.get()
         if parent is not None:
-            context = context if context is not None else contextvars.copy_context()
+            context = options.get("context") or contextvars.copy_context()
             if context.get(_origin) is parent:
                 context.run(_origin.set, parent.child())
+            options["context"] = context
         if previous is None:
-            return asyncio.Task(coro, loop=loop, context=context)
-        return previous(loop, coro) if context is None else previous(loop, coro, context=context)
+            return asyncio.Task(coro, loop=loop, **options)
+        return previous(loop, coro, **options)
 
     create.stepstone = True  # type: ignore[attr-defined]
     return create

@@ -522,6 +522,32 @@ async def test_branches_whose_first_step_waits_on_a_sibling_keep_their_steps(
     assert sorted(calls.log) == ["x for c1", "x for c2"]
 
 
+async def test_a_task_factory_set_before_the_engine_still_makes_every_task(start_engine: StartEngine) -> None:
+    loop = asyncio.get_running_loop()
+    made: list[str] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **options: Any) -> asyncio.Task[Any]:
+        made.append(getattr(coro, "__qualname__", "?"))
+        return asyncio.Task(coro, loop=loop, **options)
+
+    class Fan(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            async def branch(i: int) -> int:
+                return int(await step.do("x", lambda: i))
+
+            results = await asyncio.gather(branch(0), branch(1))
+            await step.sleep("nap", "10 ms")  # the run is replayed after this
+            return results
+
+    loop.set_task_factory(factory)
+    try:
+        assert (await run_once(start_engine, Fan)).output == [0, 1]
+    finally:
+        loop.set_task_factory(None)
+    branches = [name for name in made if name.endswith("Fan.run.<locals>.branch")]
+    assert len(branches) == 4  # two runs of two branches, all made by it
+
+
 async def test_branches_recorded_before_creation_order_paths_are_found_again(
     start_engine: StartEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
