@@ -253,18 +253,19 @@ class Run:
         """Calls of each kind and name so far in the run, all branches together (for `legacy`)."""
         self.top: dict[tuple[StepKind, str], int] = {}
         """The highest occurrence number of each kind and name, recorded or given in this run."""
+        self.first_call_paths = False
+        """Whether the history has steps recorded in branches numbered by first call (_Branch.by_first_call)."""
         for record in history:
             kind, name, count = record.key.kind, record.key.name, record.key.count
             if record.branch is None:
                 self.legacy[(kind, name, count)] = record
             else:
                 self.calls[(kind, name, record.branch)] = record
+                self.first_call_paths = self.first_call_paths or record.branch[:1].isdigit()
             self.top[(kind, name)] = max(self.top.get((kind, name), 0), count)
         self.branches: dict[StepKey, str] = {}
         """Where each step new to the history was called, to record with it."""
         self.root = _Branch(self, None, "", "")
-        self.first_call_paths = any(record.branch and record.branch[0].isdigit() for record in history)
-        """Whether the history has steps recorded in branches numbered by first call (_Branch.by_first_call)."""
         self.blocked: dict[StepKey, _Block] = {}
         self.inflight = 0
         self.pending: list[StepWrite] = []

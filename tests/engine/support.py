@@ -68,6 +68,11 @@ async def until_equal(read: Callable[[], Awaitable[T]], expected: T, what: str, 
         await asyncio.sleep(0.005)
 
 
+async def step_statuses(inst: stepstone.Instance) -> list[tuple[str, str]]:
+    """(name, status) of each step in the instance's history, as describe() gives it."""
+    return [(s.name, s.status) for s in (await inst.describe()).steps]
+
+
 async def stays(inst: stepstone.Instance, status: str, seconds: float) -> None:
     """Assert that the instance keeps `status` for `seconds` (polling all along)."""
     loop = asyncio.get_running_loop()

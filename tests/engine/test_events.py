@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from datetime import timedelta
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 import stepstone
 from stepstone import Event, InvalidInputError, StepFailed, WaitTimeout, Workflow, WorkflowEvent, WorkflowStep
 
-from .support import Gate, StartEngine, finish, until, until_equal, wait_for_status
+from .support import Gate, StartEngine, finish, step_statuses, until, until_equal, wait_for_status
 
 
 async def test_wait_for_event_returns_the_event_sent_while_waiting(start_engine: StartEngine) -> None:
@@ -138,9 +139,7 @@ async def test_an_event_taken_is_recorded_while_the_step_after_it_runs(start_eng
     await inst.send_event("review", "approved")
     await gate.wait_entered()
 
-    async def steps() -> list[tuple[str, str]]:
-        return [(s.name, s.status) for s in (await inst.describe()).steps]
-
+    steps = functools.partial(step_statuses, inst)
     await until_equal(steps, [("review", "complete")], "the wait recorded over while 'act' runs")
     assert (await inst.status()).status == "running"
     gate.release()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 import stepstone
 from stepstone import InvalidInputError, Workflow, WorkflowEvent, WorkflowStep
 
-from .support import Calls, Gate, StartEngine, finish, until_equal, wait_for_status
+from .support import Calls, Gate, StartEngine, finish, step_statuses, until_equal, wait_for_status
 
 
 async def run_once(start_engine: StartEngine, workflow: type[Workflow], params: Any = None) -> stepstone.InstanceStatus:
@@ -60,9 +61,7 @@ async def test_a_sleep_over_is_recorded_while_the_step_after_it_runs(start_engin
     inst = await engine.workflow(Nap).create()
     await gate.wait_entered()
 
-    async def steps() -> list[tuple[str, str]]:
-        return [(s.name, s.status) for s in (await inst.describe()).steps]
-
+    steps = functools.partial(step_statuses, inst)
     await until_equal(steps, [("nap", "complete")], "the sleep recorded over while 'after' runs")
     assert (await inst.status()).status == "running"
     gate.release()
