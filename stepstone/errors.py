@@ -118,9 +118,18 @@ def error_type_name(exc: BaseException) -> str:
     stepstone's own exceptions are named by their public path (`stepstone.X`).
     """
     cls = type(exc)
-    module = cls.__module__
-    if module == "builtins":
-        return cls.__qualname__
+    module, name = getattr(cls, "__module__", None), getattr(cls, "__qualname__", cls.__name__)
+    if not isinstance(module, str) or not module or module == "builtins":  # (a class may set __module__ = None)
+        return name
     if module.startswith("stepstone.") and module.count(".") == 1:
-        return f"stepstone.{cls.__qualname__}"
-    return f"{module}.{cls.__qualname__}"
+        return f"stepstone.{name}"
+    return f"{module}.{name}"
+
+
+def exception_text(exc: BaseException) -> str:
+    """`str(exc)`, or, if that fails (a user's `__str__` that raises), a description that
+    says so: a failure must be recorded whatever its exception does."""
+    try:
+        return str(exc)
+    except Exception as failure:
+        return f"<{error_type_name(exc)} whose str() raised {error_type_name(failure)}>"

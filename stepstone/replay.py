@@ -35,6 +35,7 @@ from stepstone.errors import (
     StepTimeoutError,
     WaitTimeout,
     error_type_name,
+    exception_text,
 )
 from stepstone.retries import StepConfig
 from stepstone.serialization import Limits
@@ -338,7 +339,7 @@ class Run:
             error = {"name": failure.error_type, "message": failure.message, "step": failure.step}
             return await self._end("errored", error=error)
         if failure is not None:
-            error = {"name": error_type_name(failure), "message": serialization.storable_text(str(failure))}
+            error = {"name": error_type_name(failure), "message": serialization.storable_text(exception_text(failure))}
             return await self._end("errored", error=error)
         try:
             output_json = serialization.dumps(self._task.result(), what=f"output of workflow {self.claim.workflow!r}")
@@ -690,7 +691,7 @@ class Run:
                     )
                     await self._commit([done])
                     return value
-                error_type, message = error_type_name(error), serialization.storable_text(str(error))
+                error_type, message = error_type_name(error), serialization.storable_text(exception_text(error))
                 outcome: Outcome = "timeout" if isinstance(error, StepTimeoutError) else "error"
                 logged.append(Attempt(attempt, began, ended, outcome, error_type, message))
                 if final:
@@ -769,7 +770,10 @@ class Run:
             await self._commit([])  # an event taken but not yet recorded would be found again
         event = await self._guard(lambda: self.store.next_event(self.claim.pk, type_))
         now = clock.now()
-        if event is not None:
+        # An event sent after the wait's deadline is not for it, though no worker was there
+        # to time the wait out then (the instance paused, the workers down): the wait times
+        # out as it would have on time, and the event stays kept for a later wait.
+        if event is not None and (now < due or event.sent_at <= due):
             result = _event_result(event.type, event.payload_json, event.sent_at)
             taken = StepWrite(key, "complete", started_at, result, due_at=due, ended_at=now, consume_event=event.seq)
             self.pending.append(taken)

@@ -13,7 +13,7 @@ import pytest
 import stepstone
 from stepstone import Event, InvalidInputError, StepFailed, WaitTimeout, Workflow, WorkflowEvent, WorkflowStep
 
-from .support import Gate, StartEngine, finish, step_statuses, until, until_equal, wait_for_status
+from .support import Gate, StartEngine, finish, step_statuses, until, until_equal, until_time, wait_for_status
 
 
 async def test_wait_for_event_returns_the_event_sent_while_waiting(start_engine: StartEngine) -> None:
@@ -252,6 +252,29 @@ async def test_an_event_for_a_paused_wait_lets_it_go_on_at_once_when_resumed(sta
     assert (await inst.status()).status == "paused"
     await inst.resume()
     assert (await finish(inst)).output == "yes"
+
+
+async def test_an_event_sent_after_the_deadline_of_a_paused_wait_does_not_end_it(start_engine: StartEngine) -> None:
+    # No worker could time the wait out on time (the instance was paused): it times out
+    # when resumed, as it would have on time, and the late event stays for a later wait.
+    class Deadline(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            try:
+                await step.wait_for_event("approval", type="approve", timeout="200 ms")
+            except WaitTimeout:
+                return ["timed out", (await step.wait_for_event("later", type="approve", timeout="1 hour")).payload]
+            return ["approved"]
+
+    engine = await start_engine(Deadline)
+    inst = await engine.workflow(Deadline).create()
+    await wait_for_status(inst, "waiting")
+    await inst.pause()
+    (wait,) = (await inst.describe()).steps
+    assert wait.due is not None
+    await until_time(wait.due.timestamp() + 0.05)
+    await inst.send_event("approve", "late")
+    await inst.resume()
+    assert (await finish(inst)).output == ["timed out", "late"]
 
 
 async def test_wait_timeout_raises_wait_timeout_which_the_workflow_can_catch(start_engine: StartEngine) -> None:

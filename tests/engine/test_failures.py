@@ -18,6 +18,13 @@ class CustomError(Exception):
     """A user's exception, named by module and qualified name in error_type."""
 
 
+class Unprintable(Exception):
+    """A user's exception whose text cannot be had: str() raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
 class Shop:
     class Declined(Exception):
         """A nested exception class: its qualified name is Shop.Declined."""
@@ -69,6 +76,36 @@ async def test_error_type_is_the_module_and_qualified_name_of_the_exception_clas
             return seen
 
     assert (await run_once(start_engine, RaisesThem)).output == list(errors)
+
+
+async def test_an_exception_without_text_or_module_is_a_failed_attempt_like_any_other(
+    start_engine: StartEngine,
+) -> None:
+    moduleless = type("Moduleless", (Exception,), {"__module__": None})
+    calls = Calls()
+
+    class Awkward(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            def flaky(ctx: stepstone.StepContext) -> str:
+                calls.note("flaky")
+                if ctx.attempt == 1:
+                    raise Unprintable
+                return "second attempt"
+
+            seen: list[Any] = [await step.do("flaky", flaky, retries={"limit": 1, "delay": 0})]
+            for i, error in enumerate([Unprintable(), moduleless("odd class")]):
+                try:
+                    await step.do(f"fails {i}", Calls().raising("r", error), retries=NO_RETRY)
+                except StepFailed as exc:
+                    seen.append([exc.error_type, exc.message])
+            return seen
+
+    assert (await run_once(start_engine, Awkward)).output == [
+        "second attempt",
+        [f"{__name__}.Unprintable", f"<{__name__}.Unprintable whose str() raised RuntimeError>"],
+        ["Moduleless", "odd class"],
+    ]
+    assert calls.count("flaky") == 2
 
 
 async def test_step_failed_is_raised_again_from_the_record_on_replay(start_engine: StartEngine) -> None:
@@ -166,8 +203,12 @@ async def test_workflow_catching_step_failed_can_compensate_and_complete(start_e
     [
         (ValueError("bad input"), {"name": "ValueError", "message": "bad input"}),
         (CustomError("custom"), {"name": f"{__name__}.CustomError", "message": "custom"}),
+        (
+            Unprintable(),
+            {"name": f"{__name__}.Unprintable", "message": f"<{__name__}.Unprintable whose str() raised RuntimeError>"},
+        ),
     ],
-    ids=["builtin", "custom"],
+    ids=["builtin", "custom", "unprintable"],
 )
 async def test_exception_escaping_run_errors_the_instance_with_name_and_message(
     start_engine: StartEngine, error: Exception, expected: dict[str, str]
