@@ -230,7 +230,7 @@ class Run:
         self,
         store: Store,
         claim: Claim,
-        workflow: Workflow,
+        workflow_class: type[Workflow],
         history: list[StepRecord],
         *,
         limits: Limits,
@@ -238,7 +238,7 @@ class Run:
     ) -> None:
         self.store = store
         self.claim = claim
-        self.workflow = workflow
+        self.workflow_class = workflow_class
         self.limits = limits
         self.executor = executor
         self.records = {record.key: record for record in history}
@@ -306,7 +306,11 @@ class Run:
         context = contextvars.copy_context()
         context.run(_branch.set, self.root)
         context.run(_origin.set, _Origin(""))
-        run = self.workflow.run(event, WorkflowStep(self))
+        try:
+            run = self._start(event)
+        except Exception as exc:  # the workflow's own code failed before run() began
+            error = {"name": error_type_name(exc), "message": serialization.storable_text(exception_text(exc))}
+            return await self._end("errored", error=error)
         self._task = loop.create_task(run, context=context)
         self.root.task = self._task
         try:
@@ -346,6 +350,17 @@ class Run:
         except TypeError as exc:
             return await self._end("errored", error={"name": "TypeError", "message": str(exc)})
         return await self._end("complete", output_json=output_json)
+
+    def _start(self, event: WorkflowEvent) -> Coroutine[Any, Any, Any]:
+        """The coroutine of the workflow's `run()` for this run; what the workflow's class or
+        `run()` raised if they fail when called (a TypeError if `run` is not async)."""
+        coro = self.workflow_class().run(event, WorkflowStep(self))
+        if not asyncio.iscoroutine(coro):
+            raise TypeError(
+                f"run() of workflow {self.claim.workflow!r} returned {coro!r}, not a coroutine: "
+                "define it as async def run(self, event, step)"
+            )
+        return coro
 
     def _track_branch(self) -> None:
         task = asyncio.current_task()

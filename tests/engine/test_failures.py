@@ -222,6 +222,41 @@ async def test_exception_escaping_run_errors_the_instance_with_name_and_message(
     assert (st.status, st.output, st.error) == ("errored", None, expected)
 
 
+class SyncRun(Workflow):
+    def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        return "not a coroutine"
+
+
+class GeneratorRun(Workflow):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        yield await step.do("never", lambda: 1)
+
+
+class FailingInit(Workflow):
+    def __init__(self) -> None:
+        raise RuntimeError("no configuration")
+
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        return await step.do("never", lambda: 1)
+
+
+@pytest.mark.parametrize(
+    ("workflow", "name", "message"),
+    [
+        (SyncRun, "TypeError", "run() of workflow 'SyncRun' returned 'not a coroutine', not a coroutine"),
+        (GeneratorRun, "TypeError", "run() of workflow 'GeneratorRun' returned <async_generator"),
+        (FailingInit, "RuntimeError", "no configuration"),
+    ],
+    ids=["sync-run", "async-generator-run", "failing-init"],
+)
+async def test_a_workflow_whose_run_cannot_start_errors_the_instance(
+    start_engine: StartEngine, workflow: type[Workflow], name: str, message: str
+) -> None:
+    st = await run_once(start_engine, workflow)
+    assert (st.status, st.output) == ("errored", None)
+    assert st.error is not None and st.error["name"] == name and st.error["message"].startswith(message)
+
+
 async def test_escaping_step_failed_reports_the_original_error_and_the_step(start_engine: StartEngine) -> None:
     class Unhandled(Workflow):
         async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
