@@ -52,6 +52,7 @@ from stepstone.store.base import (
     StepRecord,
     StepWrite,
     Store,
+    StoreClosedError,
 )
 from stepstone.workflow import Event, Workflow, WorkflowEvent
 
@@ -402,12 +403,12 @@ class Run:
         )
         try:
             return await self.store.write(write)
-        except LeaseLostError:
+        except (LeaseLostError, StoreClosedError):
             return None
         except Exception as exc:
             try:
                 return await self._persist(lambda: self.store.write(write), exc)
-            except LeaseLostError:
+            except (LeaseLostError, StoreClosedError):
                 return None
             except Exception:
                 log.exception("store failure ending the run of instance %r; it will be run again", self.claim.id)
@@ -487,12 +488,12 @@ class Run:
         """
         try:
             return await operation()
-        except LeaseLostError:
+        except (LeaseLostError, StoreClosedError):
             pass
         except Exception as exc:
             try:
                 return await self._persist(operation, exc)
-            except LeaseLostError:
+            except (LeaseLostError, StoreClosedError):
                 pass
             except Exception:
                 log.exception("store failure in the run of instance %r; it will be run again", self.claim.id)
@@ -518,7 +519,7 @@ class Run:
             pause = min(pause * 2, 1.0)
             try:
                 return await operation()
-            except LeaseLostError:
+            except (LeaseLostError, StoreClosedError):
                 raise
             except Exception as exc:
                 failure = exc
@@ -681,13 +682,19 @@ class Run:
             origin = _origin.set(None)  # the tasks a step's body creates are not the run's branches
             try:
                 began = clock.now()
-                error: Exception | None = None
+                error: BaseException | None = None
                 final = False
                 try:
                     value = await attempts.run(fn, key, attempt, config, self.executor)
                 except Exception as exc:
                     error = exc
                     final = isinstance(exc, NonRetryableError) or attempt > config.retries.limit
+                except asyncio.CancelledError as exc:
+                    task = asyncio.current_task()
+                    if task is None or task.cancelling():
+                        raise  # the run is cancelled (stopped, shut down): no outcome of the step
+                    # The body's own, not a cancellation of the run (a library's, leaked): it failed.
+                    error, final = exc, attempt > config.retries.limit
                 else:
                     try:
                         text, value = serialization.encode_result(

@@ -53,6 +53,7 @@ from stepstone.store.base import (
     StepKey,
     StepRecord,
     StepWrite,
+    StoreClosedError,
     attempt_log,
 )
 from stepstone.store.postgres_connections import Connection, GroupCommit, Later, Listener, Tx, one_line
@@ -307,13 +308,13 @@ class PostgresStore:
         rerunnable: bool = True,
     ) -> asyncio.Future[T]:
         if self._writer is None:
-            raise StepstoneError("the store is not open (use `async with engine:`)")
+            raise StoreClosedError
         return self._writer.submit(run, durable=durable, single=single, rerunnable=rerunnable)
 
     async def _fetch(self, template: str, params: Sequence[Any] | Mapping[str, Any]) -> list[TupleRow]:
         """Rows of one read; once more on another connection if the first one was broken."""
         if self._pool is None:
-            raise StepstoneError("the store is not open (use `async with engine:`)")
+            raise StoreClosedError
         query = self._sql(template)
         for attempt in (1, 2):
             async with self._pool.connection() as conn:
@@ -690,7 +691,7 @@ class PostgresStore:
     async def subscribe_wakeups(self, callback: Callable[[], None]) -> None:
         """LISTEN on the schema's wakeup channel; `callback` runs in this event loop for each wakeup."""
         if self._pool is None:
-            raise StepstoneError("the store is not open (use `async with engine:`)")
+            raise StoreClosedError
         if self._listener is None:
             listener = Listener(self._conninfo, self._channel)
             try:

@@ -27,7 +27,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
-from stepstone.store.base import settle
+from stepstone.store.base import StoreClosedError, settle
 
 T = TypeVar("T")
 Connection = psycopg.AsyncConnection[TupleRow]
@@ -115,6 +115,10 @@ async def _answer(value: Any) -> Any:
     return await value.read() if isinstance(value, Later) else value
 
 
+def _writer_stopped() -> StoreClosedError:
+    return StoreClosedError("the PostgreSQL store's writer has stopped (the store is closing)")
+
+
 class GroupCommit:
     """The writer task: runs queued jobs in batches, one transaction each.
 
@@ -151,7 +155,10 @@ class GroupCommit:
         breaks meanwhile, it runs again on another when `rerunnable` (applying it twice
         records the same thing); otherwise its caller gets the error, the outcome unknown."""
         job = _Job(run, asyncio.get_running_loop().create_future(), durable, single, rerunnable)
-        self._queue.put_nowait(job)
+        if self._task.done():
+            job.future.set_exception(_writer_stopped())
+        else:
+            self._queue.put_nowait(job)
         return job.future
 
     async def stop(self) -> None:
@@ -163,7 +170,16 @@ class GroupCommit:
         try:
             await self._serve()
         finally:
-            await self._release()
+            try:
+                await self._release()
+            finally:
+                # Cancelled (the loop cancels every task when asyncio.run ends abruptly):
+                # what is still queued would wait for ever. Nothing can come in after this,
+                # as nothing else runs before the task is done and `submit` sees it.
+                while not self._queue.empty():
+                    job = self._queue.get_nowait()
+                    if job is not None:
+                        settle(job.future, None, _writer_stopped())
 
     async def _serve(self) -> None:
         retry: list[_Job] = []

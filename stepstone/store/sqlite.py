@@ -51,6 +51,7 @@ from stepstone.store.base import (
     StepKey,
     StepRecord,
     StepWrite,
+    StoreClosedError,
     attempt_log,
 )
 from stepstone.store.sqlite_changes import CommitWatch, WriteWatch
@@ -207,12 +208,12 @@ class SqliteStore:
         solo: Callable[[sqlite3.Connection], T | None] | None = None,
     ) -> asyncio.Future[T]:
         if self._writer is None:
-            raise StepstoneError("the store is not open (use `async with engine:`)")
+            raise StoreClosedError
         return self._writer.submit(fn, durable=durable, solo=solo)
 
     def _read(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         if self._reader is None:
-            raise StepstoneError("the store is not open (use `async with engine:`)")
+            raise StoreClosedError
         return self._reader.submit(fn)
 
     @staticmethod

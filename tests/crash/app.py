@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -283,8 +284,30 @@ class Branches(Workflow):
         return list(await asyncio.gather(branch(0, 0.3), branch(1, 0.0)))
 
 
+class Exits(Workflow):
+    """A step whose body, the first time it runs, calls sys.exit(3): a SystemExit that
+    escapes to the worker's event loop, which asyncio.run then cancels task by task.
+    Later executions return.
+
+    params: {}. Output: {"before": 1, "exits": 2}.
+    """
+
+    name = "crash-exits"
+
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        me = event.instance_id
+        before = await step.do("before", journaled(me, "before", lambda ctx: 1))
+
+        def exits(ctx: StepContext) -> int:
+            if journal(me, "exits", ctx.attempt) == 1:
+                sys.exit(3)
+            return int(before + 1)
+
+        return {"before": before, "exits": await step.do("exits", exits)}
+
+
 WORKFLOWS: list[type[Workflow]] = [
-    MultiStep, Sleeper, Retrier, Approval, Suicide, TakenThenKilled, Handover, Branches,
+    MultiStep, Sleeper, Retrier, Approval, Suicide, TakenThenKilled, Handover, Branches, Exits,
 ]  # fmt: skip
 
 engine = Engine(workflows=WORKFLOWS, lease_seconds=float(os.environ.get(LEASE_ENV) or 30.0))

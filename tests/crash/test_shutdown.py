@@ -69,6 +69,30 @@ async def test_sigterm_hands_a_running_step_back_and_another_worker_resumes_it_a
     cluster.assert_no_errors()
 
 
+async def test_a_step_calling_sys_exit_ends_its_worker_which_leaves_the_instance_to_another(
+    cluster: Cluster,
+) -> None:
+    # The SystemExit ends asyncio.run, which cancels every task at once, the store's own
+    # among them: the run's last write must fail at once, not wait for ever (it did on
+    # PostgreSQL, whose writer is a task), and the process exit with the code asked for.
+    exiting = await cluster.start_worker(cli=True, lease_seconds=2.0)
+    client = await cluster.client()
+    inst = await client.workflow("crash-exits").create(id="exits")
+
+    async def exited() -> bool:
+        return not exiting.alive()
+
+    await eventually(exited, timeout=TIMEOUT, what=f"{exiting} to exit after its step called sys.exit(3)")
+    assert exiting.proc.returncode == 3, f"{exiting} exited with {exiting.proc.returncode}:\n{exiting.log()}"
+    cluster.stopped.add(exiting.pid)  # (its step's body was cut short, as by a kill)
+    taker = await cluster.start_worker()
+    final = await inst.wait(timeout=TIMEOUT)
+
+    assert (final.status, final.output) == ("complete", {"before": 1, "exits": 2})
+    assert [r.pid for r in cluster.runs(inst.id, "exits")] == [exiting.pid, taker.pid]
+    await assert_consistent(inst, cluster.journal(), cluster.killed | cluster.stopped)
+
+
 async def idle(worker: WorkerProcess) -> None:
     """Leave a worker alone for IDLE seconds (it has just looked for work)."""
     await pass_time_until(time.time() + IDLE)

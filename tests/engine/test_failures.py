@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -105,6 +106,37 @@ async def test_an_exception_without_text_or_module_is_a_failed_attempt_like_any_
         [f"{__name__}.Unprintable", f"<{__name__}.Unprintable whose str() raised RuntimeError>"],
         ["Moduleless", "odd class"],
     ]
+    assert calls.count("flaky") == 2
+
+
+@pytest.mark.parametrize("body", ["sync", "async"])
+async def test_a_cancelled_error_raised_by_a_step_body_itself_is_a_failed_attempt(
+    start_engine: StartEngine, body: str
+) -> None:
+    # Not a cancellation of the run (nothing cancelled it): what a library let out, say.
+    calls = Calls()
+
+    def sync_fn(ctx: stepstone.StepContext) -> str:
+        calls.note("flaky")
+        if ctx.attempt == 1:
+            raise asyncio.CancelledError("leaked")
+        return "second attempt"
+
+    async def async_fn(ctx: stepstone.StepContext) -> str:
+        return sync_fn(ctx)
+
+    class Leaky(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            flaky = sync_fn if body == "sync" else async_fn
+            seen: list[Any] = [await step.do("flaky", flaky, retries={"limit": 1, "delay": 0})]
+            try:
+                await step.do("always", Calls().raising("r", asyncio.CancelledError("gone")), retries=NO_RETRY)
+            except StepFailed as exc:
+                seen.append([exc.error_type, exc.message])
+            return seen
+
+    st = await run_once(start_engine, Leaky)
+    assert (st.status, st.output) == ("complete", ["second attempt", ["asyncio.exceptions.CancelledError", "gone"]])
     assert calls.count("flaky") == 2
 
 
