@@ -114,10 +114,11 @@ class _Branch:
     step); a run whose history has such steps goes on numbering branches that way.
     """
 
-    __slots__ = ("by_first_call", "calls", "children", "path", "run", "task")
+    __slots__ = ("by_first_call", "calls", "children", "owner", "path", "task")
 
-    def __init__(self, run: Run, task: asyncio.Task[Any] | None, path: str, by_first_call: str) -> None:
-        self.run = run
+    def __init__(self, owner: object, task: asyncio.Task[Any] | None, path: str, by_first_call: str) -> None:
+        self.owner = owner
+        """The run's `identity`: not the run itself, which would make a reference cycle."""
         self.task = task
         self.path = path
         self.by_first_call = by_first_call
@@ -133,7 +134,7 @@ class _Branch:
             path = f"~{origin.path}"
         else:  # a task created where the run's task factory could not see it
             path = f"?{by_first_call}"
-        return _Branch(self.run, task, path, by_first_call)
+        return _Branch(self.owner, task, path, by_first_call)
 
 
 _branch: contextvars.ContextVar[_Branch | None] = contextvars.ContextVar("stepstone_branch", default=None)
@@ -267,7 +268,9 @@ class Run:
             self.top[(kind, name)] = max(self.top.get((kind, name), 0), count)
         self.branches: dict[StepKey, str] = {}
         """Where each step new to the history was called, to record with it."""
-        self.root = _Branch(self, None, "", "")
+        self.identity = object()
+        """What the run's branches know it by."""
+        self.root = _Branch(self.identity, None, "", "")
         self.blocked: dict[StepKey, _Block] = {}
         self.inflight = 0
         self.pending: list[StepWrite] = []
@@ -296,6 +299,28 @@ class Run:
 
         None if the lease was lost. Cancelling `execute` hands the instance back.
         """
+        try:
+            return await self._execute()
+        finally:
+            self._unlink()
+
+    def _unlink(self) -> None:
+        """Let go of the run's tasks and waits once it is over. They hold the run in
+        reference cycles (a task's exception, its traceback, the frames of `run()`, the
+        step object, the run, its task), which only Python's full garbage collection would
+        free: for runs that waited in-process, in one pause for all of them, late enough
+        to delay timers firing meanwhile. Let go of, they are freed as the run ends."""
+        self._task = None
+        self.root.task = None
+        self._branches.clear()
+        self.blocked.clear()
+        self.suspend_blocks = None
+        self._recording = None
+        if self._record_timer is not None:
+            self._record_timer.cancel()
+            self._record_timer = None
+
+    async def _execute(self) -> Status | None:
         event = WorkflowEvent(
             payload=serialization.loads(self.claim.params_json),
             timestamp=to_datetime(self.claim.created_at),
@@ -568,6 +593,7 @@ class Run:
                 timer.cancel()
             self.blocked.pop(key, None)
             _read_outcome(block.wakeup)
+            del block  # its Suspend's traceback holds this frame: no cycle through it
         self._maybe_suspend()  # the other branches may wait long: suspend if this one ends here
 
     def _maybe_suspend(self, turn: int = 0) -> None:
@@ -635,7 +661,7 @@ class Run:
     def _branch(self) -> _Branch:
         """The branch calling a step now; a task of the run calling its first step becomes one."""
         branch = _branch.get()
-        if branch is None or branch.run is not self:
+        if branch is None or branch.owner is not self.identity:
             return self.root  # (not called from the run's tasks)
         task = asyncio.current_task()
         if branch.task is task:

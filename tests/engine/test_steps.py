@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import sqlite3
 import threading
+import weakref
 from datetime import timedelta
 from typing import Any
 
@@ -13,9 +15,9 @@ import psycopg
 import pytest
 
 import stepstone
-from stepstone import StepContext, StepFailed, Workflow, WorkflowEvent, WorkflowStep
+from stepstone import StepContext, StepFailed, Workflow, WorkflowEvent, WorkflowStep, replay
 
-from .support import Calls, StartEngine, awaited, finish, wait_for_status
+from .support import Calls, StartEngine, awaited, finish, until, wait_for_status
 
 
 async def run_once(start_engine: StartEngine, workflow: type[Workflow], params: Any = None) -> stepstone.InstanceStatus:
@@ -831,3 +833,40 @@ async def test_an_async_step_goes_on_from_each_of_its_waits_as_a_plain_await_wou
     st = await run_once(start_engine, Waits)
     assert (st.status, st.output) == ("complete", 7)
     assert seen == ["start", "yielded", "inner timeout"]
+
+
+async def test_a_finished_run_is_freed_as_it_ends_not_left_to_the_cycle_collector(
+    start_engine: StartEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Runs kept in reference cycles wait for Python's full collection, which then frees
+    # them all in one pause, late enough to delay timers firing meanwhile.
+    runs: weakref.WeakSet[replay.Run] = weakref.WeakSet()
+    made = replay.Run.__init__
+    count = [0]
+
+    def noted(run: replay.Run, *args: Any, **kwargs: Any) -> None:
+        made(run, *args, **kwargs)
+        runs.add(run)
+        count[0] += 1
+
+    monkeypatch.setattr(replay.Run, "__init__", noted)
+
+    class Usual(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            first = await step.do("first", lambda: 1)
+            await step.sleep("nap", "300 ms")  # long enough to suspend: a second run
+            approval = await step.wait_for_event("approval", type="approve", timeout="1 hour")
+            return [first, approval.payload, await step.do("last", lambda: 2)]
+
+    engine = await start_engine(Usual)
+    gc.collect()
+    gc.disable()
+    try:
+        inst = await engine.workflow(Usual).create()
+        await until(lambda: count[0] == 2, "the run after the sleep")
+        await wait_for_status(inst, "waiting")
+        await inst.send_event("approve", "yes")
+        assert (await finish(inst)).output == [1, "yes", 2]
+        await until(lambda: not runs, f"every run freed ({count[0]} made)")
+    finally:
+        gc.enable()
