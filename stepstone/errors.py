@@ -12,7 +12,8 @@
     ├── StepTimeoutError (TimeoutError)    one attempt ran over its timeout
     ├── StepFailed                         a step failed for good (raised by step.do)
     │   └── WaitTimeout                    wait_for_event ran out of time
-    └── LeaseLostError                     (internal) another worker owns the instance now
+    ├── LeaseLostError                     (internal) another worker owns the instance now
+    └── StoreClosedError                   the store is not open, or closing
 
 `Suspend` is not here on purpose: the signal that stops a run so that it can be
 resumed later is internal and derives from BaseException (see replay.py), so a
@@ -110,6 +111,14 @@ class WaitTimeout(StepFailed):
 
 class LeaseLostError(StepstoneError):
     """The worker no longer owns the instance (taken over, terminated, restarted or deleted)."""
+
+
+class StoreClosedError(StepstoneError):
+    """The store is not open: never opened, closed, or closing (its writer stopped, as when
+    the event loop cancels every task). Trying the operation again cannot help."""
+
+    def __init__(self, message: str = "the store is not open (use `async with engine:`)") -> None:
+        super().__init__(message)
 
 
 def error_type_name(exc: BaseException) -> str:

@@ -33,6 +33,7 @@ from stepstone.errors import (
     NonRetryableError,
     StepFailed,
     StepTimeoutError,
+    StoreClosedError,
     WaitTimeout,
     error_type_name,
     exception_text,
@@ -52,7 +53,6 @@ from stepstone.store.base import (
     StepRecord,
     StepWrite,
     Store,
-    StoreClosedError,
 )
 from stepstone.workflow import Event, Workflow, WorkflowEvent
 
@@ -68,6 +68,9 @@ RECORD_WAIT = 0.05
 before it is recorded by itself (see Run._record_soon)."""
 STORE_RETRY_SECONDS = 10.0
 """How long a run tries again a store operation that fails, before it stops (see _persist)."""
+_RUN_OVER = (LeaseLostError, StoreClosedError)
+"""Store failures after which a run stops at once: trying again cannot help (another
+worker owns the instance, or the store is closed or closing)."""
 HOLD_WAIT = 0.1
 """Seconds: a recorded wait that a resumed run finds ending within this is waited out
 in-process instead of suspending again. Workers claim instances a moment before their
@@ -209,6 +212,11 @@ def _wake(wakeup: asyncio.Future[None]) -> None:
         wakeup.set_result(None)
 
 
+def _error_of(exc: BaseException) -> tuple[str, str]:
+    """An exception's recorded name and message (whatever its text holds, or its str() does)."""
+    return error_type_name(exc), serialization.storable_text(exception_text(exc))
+
+
 def _first_leaf(exc: BaseException | None) -> BaseException | None:
     """The exception itself, or the first one inside an exception group (asyncio.TaskGroup)."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
@@ -335,8 +343,8 @@ class Run:
         try:
             run = self._start(event)
         except Exception as exc:  # the workflow's own code failed before run() began
-            error = {"name": error_type_name(exc), "message": serialization.storable_text(exception_text(exc))}
-            return await self._end("errored", error=error)
+            name, message = _error_of(exc)
+            return await self._end("errored", error={"name": name, "message": message})
         self._task = loop.create_task(run, context=context)
         self.root.task = self._task
         try:
@@ -369,8 +377,8 @@ class Run:
             error = {"name": failure.error_type, "message": failure.message, "step": failure.step}
             return await self._end("errored", error=error)
         if failure is not None:
-            error = {"name": error_type_name(failure), "message": serialization.storable_text(exception_text(failure))}
-            return await self._end("errored", error=error)
+            name, message = _error_of(failure)
+            return await self._end("errored", error={"name": name, "message": message})
         try:
             output_json = serialization.dumps(self._task.result(), what=f"output of workflow {self.claim.workflow!r}")
         except TypeError as exc:
@@ -428,12 +436,12 @@ class Run:
         )
         try:
             return await self.store.write(write)
-        except (LeaseLostError, StoreClosedError):
+        except _RUN_OVER:
             return None
         except Exception as exc:
             try:
                 return await self._persist(lambda: self.store.write(write), exc)
-            except (LeaseLostError, StoreClosedError):
+            except _RUN_OVER:
                 return None
             except Exception:
                 log.exception("store failure ending the run of instance %r; it will be run again", self.claim.id)
@@ -513,12 +521,12 @@ class Run:
         """
         try:
             return await operation()
-        except (LeaseLostError, StoreClosedError):
+        except _RUN_OVER:
             pass
         except Exception as exc:
             try:
                 return await self._persist(operation, exc)
-            except (LeaseLostError, StoreClosedError):
+            except _RUN_OVER:
                 pass
             except Exception:
                 log.exception("store failure in the run of instance %r; it will be run again", self.claim.id)
@@ -544,7 +552,7 @@ class Run:
             pause = min(pause * 2, 1.0)
             try:
                 return await operation()
-            except (LeaseLostError, StoreClosedError):
+            except _RUN_OVER:
                 raise
             except Exception as exc:
                 failure = exc
@@ -739,7 +747,7 @@ class Run:
                     )
                     await self._commit([done])
                     return value
-                error_type, message = error_type_name(error), serialization.storable_text(exception_text(error))
+                error_type, message = _error_of(error)
                 outcome: Outcome = "timeout" if isinstance(error, StepTimeoutError) else "error"
                 logged.append(Attempt(attempt, began, ended, outcome, error_type, message))
                 if final:
@@ -820,8 +828,9 @@ class Run:
         now = clock.now()
         # An event sent after the wait's deadline is not for it, though no worker was there
         # to time the wait out then (the instance paused, the workers down): the wait times
-        # out as it would have on time, and the event stays kept for a later wait.
-        if event is not None and (now < due or event.sent_at <= due):
+        # out as it would have on time, and the event stays kept for a later wait. Judged
+        # by the event's time alone, so that a replay decides as the run before it did.
+        if event is not None and event.sent_at <= due:
             result = _event_result(event.type, event.payload_json, event.sent_at)
             taken = StepWrite(key, "complete", started_at, result, due_at=due, ended_at=now, consume_event=event.seq)
             self.pending.append(taken)

@@ -311,8 +311,8 @@ class Worker:
                 history = list(claim.steps)
             else:
                 history = await self.store.load_steps(claim.pk) if claim.resumed else []
-            workflow = self.workflows[claim.workflow]
-            active.run = Run(self.store, claim, workflow, history, limits=self.limits, executor=self.executor)
+            workflow_class = self.workflows[claim.workflow]
+            active.run = Run(self.store, claim, workflow_class, history, limits=self.limits, executor=self.executor)
             ended = await active.run.execute()
         except asyncio.CancelledError:
             raise

@@ -19,8 +19,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from stepstone.errors import StepstoneError
-
 Status = Literal[
     "queued", "running", "paused", "errored", "terminated", "complete", "waiting", "waitingForPause", "unknown"
 ]
@@ -39,15 +37,6 @@ or a retry wait, due at `due_at`."""
 Outcome = Literal["ok", "error", "timeout"]
 
 ControlOp = Literal["pause", "resume", "terminate", "restart"]
-
-
-class StoreClosedError(StepstoneError):
-    """The store is not open: never opened, closed, or its writer stopped (the event loop
-    cancelled every task, as asyncio.run does when a SystemExit escapes it). Trying again
-    cannot help, so a run stops at once instead."""
-
-    def __init__(self, message: str = "the store is not open (use `async with engine:`)") -> None:
-        super().__init__(message)
 
 
 def is_terminal(status: str) -> bool:

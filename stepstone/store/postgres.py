@@ -36,6 +36,7 @@ from stepstone.errors import (
     InvalidStateError,
     LeaseLostError,
     StepstoneError,
+    StoreClosedError,
 )
 from stepstone.store import migrations
 from stepstone.store import postgres_queries as queries
@@ -53,7 +54,6 @@ from stepstone.store.base import (
     StepKey,
     StepRecord,
     StepWrite,
-    StoreClosedError,
     attempt_log,
 )
 from stepstone.store.postgres_connections import Connection, GroupCommit, Later, Listener, Tx, one_line

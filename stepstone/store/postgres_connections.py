@@ -27,7 +27,8 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
-from stepstone.store.base import StoreClosedError, settle
+from stepstone.errors import StoreClosedError
+from stepstone.store.base import settle
 
 T = TypeVar("T")
 Connection = psycopg.AsyncConnection[TupleRow]
@@ -135,6 +136,8 @@ class GroupCommit:
         self._notify = sql.SQL("NOTIFY {}").format(sql.Identifier(wakeup_channel))
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._committing = False
+        self._closed = False
+        """Set as the task ends: no job is taken after."""
         self._conn: Connection | None = None
         """The connection the writer keeps between batches."""
         self._task = asyncio.create_task(self._main(), name="stepstone-postgres-writer")
@@ -155,31 +158,31 @@ class GroupCommit:
         breaks meanwhile, it runs again on another when `rerunnable` (applying it twice
         records the same thing); otherwise its caller gets the error, the outcome unknown."""
         job = _Job(run, asyncio.get_running_loop().create_future(), durable, single, rerunnable)
-        if self._task.done():
+        if self._closed:
             job.future.set_exception(_writer_stopped())
         else:
             self._queue.put_nowait(job)
         return job.future
 
     async def stop(self) -> None:
-        """Finish every job queued so far, then end the task."""
-        self._queue.put_nowait(None)
-        await self._task
+        """Finish every job queued so far, then end the task (at once if it ended already:
+        the event loop may have cancelled it)."""
+        if not self._closed:
+            self._queue.put_nowait(None)
+        await asyncio.wait([self._task])
 
     async def _main(self) -> None:
         try:
             await self._serve()
         finally:
-            try:
-                await self._release()
-            finally:
-                # Cancelled (the loop cancels every task when asyncio.run ends abruptly):
-                # what is still queued would wait for ever. Nothing can come in after this,
-                # as nothing else runs before the task is done and `submit` sees it.
-                while not self._queue.empty():
-                    job = self._queue.get_nowait()
-                    if job is not None:
-                        settle(job.future, None, _writer_stopped())
+            # Ended early, cancelled (the loop cancels every task when asyncio.run ends
+            # abruptly): what is queued would wait for ever, and so would what comes after.
+            self._closed = True
+            while not self._queue.empty():
+                job = self._queue.get_nowait()
+                if job is not None:
+                    settle(job.future, None, _writer_stopped())
+            await self._release()
 
     async def _serve(self) -> None:
         retry: list[_Job] = []
@@ -203,8 +206,9 @@ class GroupCommit:
             try:
                 outcomes, retry = await self._commit(batch)
             except BaseException as exc:
+                stopped = _writer_stopped() if isinstance(exc, asyncio.CancelledError) else exc
                 for job in batch:
-                    settle(job.future, None, exc)
+                    settle(job.future, None, stopped)
                 if not isinstance(exc, Exception):
                     raise
                 continue

@@ -35,6 +35,7 @@ from stepstone.errors import (
     InvalidStateError,
     LeaseLostError,
     StepstoneError,
+    StoreClosedError,
 )
 from stepstone.store import migrations
 from stepstone.store.base import (
@@ -51,7 +52,6 @@ from stepstone.store.base import (
     StepKey,
     StepRecord,
     StepWrite,
-    StoreClosedError,
     attempt_log,
 )
 from stepstone.store.sqlite_changes import CommitWatch, WriteWatch
@@ -190,10 +190,11 @@ class SqliteStore:
             raise
 
     async def close(self) -> None:
-        for thread in (self._writer, self._reader):
+        threads = (self._writer, self._reader)
+        self._writer = self._reader = None  # (first: a write queued behind the stop would wait for ever)
+        for thread in threads:
             if thread is not None:
                 await asyncio.to_thread(thread.stop)
-        self._writer = self._reader = None
         self._commits.close()
         self._last_look = None
         if self._writes is not None:

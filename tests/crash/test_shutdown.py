@@ -91,6 +91,7 @@ async def test_a_step_calling_sys_exit_ends_its_worker_which_leaves_the_instance
     assert (final.status, final.output) == ("complete", {"before": 1, "exits": 2})
     assert [r.pid for r in cluster.runs(inst.id, "exits")] == [exiting.pid, taker.pid]
     await assert_consistent(inst, cluster.journal(), cluster.killed | cluster.stopped)
+    cluster.assert_no_errors()
 
 
 async def idle(worker: WorkerProcess) -> None:

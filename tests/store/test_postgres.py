@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg import errors as pg_errors
 
-from stepstone.errors import InvalidInputError, LeaseLostError, StepstoneError
+from stepstone.errors import InvalidInputError, LeaseLostError, StepstoneError, StoreClosedError
 from stepstone.store import from_url, migrations, postgres
 from stepstone.store.base import RunWrite
 from stepstone.store.postgres import PostgresStore
@@ -320,3 +320,24 @@ async def test_every_subscriber_is_called(pg_url: str) -> None:
         await create(client, "a")
         assert await first.arrive()
         assert await second.arrive()
+
+
+async def test_a_cancelled_writer_answers_every_job_and_refuses_new_ones(pg_url: str) -> None:
+    # As when asyncio.run ends abruptly (a SystemExit out of a step) and cancels every
+    # task at once: the writer's, and then the run that hands its instance back on the
+    # way out. Nothing may wait for ever on a writer that is gone, and closing still closes.
+    async with opened(pg_url) as store:
+        entered = asyncio.Event()
+
+        async def slow(tx: Tx) -> None:
+            entered.set()
+            await asyncio.sleep(60)
+
+        in_flight, queued = submit(store, slow), submit(store, slow)
+        await entered.wait()
+        assert store._writer is not None
+        store._writer._task.cancel()
+        for job in (in_flight, queued, submit(store, slow)):
+            with pytest.raises(StoreClosedError, match="writer has stopped"):
+                await asyncio.wait_for(job, 5)
+    assert store._pool is None
