@@ -328,8 +328,6 @@ def trigger(
                 await follow
                 await inst.wait()
         except TimeoutError:
-            from stepstone.errors import StepstoneError
-
             fail(StepstoneError(f"instance {inst.id!r} did not end within {timeout:g} s"))
         return inst.id, await inst.describe()
 
