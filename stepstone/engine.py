@@ -91,7 +91,7 @@ class Engine:
         """Names recorded in the store as last read (at start, then at each unknown name)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
-        self._end_watchers: dict[int, list[asyncio.Future[InstanceStatus | None]]] = {}
+        self._run_watchers: dict[int, list[asyncio.Future[InstanceStatus | None]]] = {}
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -126,6 +126,7 @@ class Engine:
                     lease_seconds=self.lease_seconds,
                     limits=self.limits,
                     executor=self._executor,
+                    on_start=self._run_started,
                     on_end=self._run_ended,
                     retention=self.retention,
                 )
@@ -252,30 +253,38 @@ class Engine:
         """An event set at the next change this process makes to any instance's end state."""
         return self._changed
 
-    def watch_end(self, pk: int) -> asyncio.Future[InstanceStatus | None] | None:
-        """A future set when a run of instance `pk` in this process ends: to the final status
-        if the run ended the instance (complete, errored), else to None (it suspended, was
-        stopped, failed). None without a worker. Drop it with `unwatch_end`."""
+    def watch_run(self, pk: int) -> asyncio.Future[InstanceStatus | None] | None:
+        """A future set when a run of instance `pk` in this process starts or ends: to the
+        final status if the run ended the instance (complete, errored), else to None (a run
+        started; or it suspended, was stopped, failed). None without a worker. Drop it with
+        `unwatch_run`."""
         if self._worker is None:
             return None
         future: asyncio.Future[InstanceStatus | None] = asyncio.get_running_loop().create_future()
-        self._end_watchers.setdefault(pk, []).append(future)
+        self._run_watchers.setdefault(pk, []).append(future)
         return future
 
-    def unwatch_end(self, pk: int, future: asyncio.Future[InstanceStatus | None]) -> None:
-        watchers = self._end_watchers.get(pk)
+    def unwatch_run(self, pk: int, future: asyncio.Future[InstanceStatus | None]) -> None:
+        watchers = self._run_watchers.get(pk)
         if watchers is not None and future in watchers:
             watchers.remove(future)
             if not watchers:
-                del self._end_watchers[pk]
+                del self._run_watchers[pk]
+
+    def _tell_watchers(self, pk: int, final: InstanceStatus | None) -> None:
+        for future in self._run_watchers.pop(pk, ()):
+            if not future.done():
+                future.set_result(final)
+
+    def _run_started(self, pk: int) -> None:
+        self._tell_watchers(pk, None)
 
     def _run_ended(self, pk: int, status: Status | None, output_json: str | None, error_json: str | None) -> None:
-        watchers = self._end_watchers.pop(pk, None)
-        if watchers is not None:
-            final = status_of(status, output_json, error_json) if status in ("complete", "errored") else None
-            for future in watchers:
-                if not future.done():
-                    future.set_result(final)
+        if pk in self._run_watchers:
+            final = None
+            if status in ("complete", "errored"):
+                final = status_of(status, output_json, error_json)
+            self._tell_watchers(pk, final)
         self._notify_change()
 
     def _notify_change(self) -> None:

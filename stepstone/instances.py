@@ -276,7 +276,8 @@ class Instance:
         While a run of it in this process goes on, this waits for that run's end alone (no
         read, and no wakeup by other instances' runs). Otherwise it reads the status at
         growing intervals, up to a quarter of a second, each drawn a little at random so
-        that many waits do not read all at once.
+        that many waits do not read all at once, and a run of it starting in this process
+        (its timer due, an event come) ends the interval: the wait then watches that run.
         """
         limit = None if timeout is None else durations.seconds(timeout, what="wait timeout")
         loop = asyncio.get_running_loop()
@@ -286,8 +287,8 @@ class Instance:
         # process may have ended the instance, its lease lost).
         looked = False
         while True:
-            # Watched before the status is read, so that a run here ending in between is seen.
-            ended = self._engine.watch_end(self._pk)
+            # Watched before the status is read, so that a run here starting or ending in between is seen.
+            ended = self._engine.watch_run(self._pk)
             try:
                 status: InstanceStatus | None = None
                 if ended is not None and self._engine.runs_here(self._pk) and not looked:
@@ -313,12 +314,12 @@ class Instance:
                     final = ended.result()
                     if final is not None:
                         return final  # ended by a run here: what it recorded, without a read
-                    looked, pause = False, _FIRST_WAIT_PAUSE  # suspended or stopped: look again soon
+                    looked, pause = False, _FIRST_WAIT_PAUSE  # started here, or suspended, stopped: look again
                 else:
                     looked, pause = True, min(pause * 2, _MAX_WAIT_PAUSE)
             finally:
                 if ended is not None:
-                    self._engine.unwatch_end(self._pk, ended)
+                    self._engine.unwatch_run(self._pk, ended)
 
 
 class WorkflowHandle:

@@ -76,6 +76,7 @@ class Worker:
         limits: Limits,
         executor: Executor,
         on_end: Callable[[int, Status | None, str | None, str | None], None],
+        on_start: Callable[[int], None] | None = None,
         retention: Retention | None = None,
         prune_every: float = 60.0,
     ) -> None:
@@ -88,6 +89,8 @@ class Worker:
         self.on_end = on_end
         """Called with (pk, status, output JSON, error JSON) whenever a run here ends: the
         status its end recorded (None if it recorded none: stopped, failed)."""
+        self.on_start = on_start
+        """Called with the pk of each instance whose run starts here."""
         self.retention = retention
         self.prune_every = prune_every
         self.host = host_identity()
@@ -303,6 +306,8 @@ class Worker:
         active = _Active(claim)
         active.task = asyncio.create_task(self._run(claim, active), name=f"stepstone-run-{claim.id}")
         self.active[claim.pk] = active
+        if self.on_start is not None:
+            self.on_start(claim.pk)
 
     async def _run(self, claim: Claim, active: _Active) -> None:
         ended: Status | None = None

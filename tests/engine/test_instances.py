@@ -264,6 +264,41 @@ async def test_wait_on_an_instance_running_here_sleeps_through_other_instances_r
     assert looks == 1  # its run's end told it how the instance ended: nothing was read
 
 
+async def test_wait_on_a_sleeping_instance_stops_reading_once_its_run_resumes_here(
+    start_engine: StartEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Waits on many sleeping instances (a script awaiting a batch) must not read the store
+    # while their timers fire here and the runs go on: each wait watches its run instead.
+    gate = Gate()
+
+    class Sleepy(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            await step.sleep("nap", 0.3)
+            return await step.do("held", gate.hold)
+
+    monkeypatch.setattr(stepstone.instances, "_MAX_WAIT_PAUSE", DEADLINE)
+    engine = await start_engine(Sleepy)
+    inst = await engine.workflow(Sleepy).create()
+    await wait_for_status(inst, "waiting")
+    reads = 0
+    get_instance = engine.store.get_instance
+
+    async def counted(workflow: str, id: str) -> Any:
+        nonlocal reads
+        reads += 1
+        return await get_instance(workflow, id)
+
+    monkeypatch.setattr(engine.store, "get_instance", counted)
+    waiter = asyncio.create_task(inst.wait(timeout=DEADLINE))
+    await gate.wait_entered()  # the timer fired; its run resumed here
+    before = reads
+    await asyncio.sleep(1.5)  # (the read-back intervals, growing from 5 ms, would have run out)
+    assert reads == before and not waiter.done()
+    gate.release()
+    assert (await waiter).output == 1
+    assert reads == before  # the run's start and end told the wait all it needed
+
+
 # -- list --------------------------------------------------------------------------------------
 
 
