@@ -22,7 +22,7 @@ from stepstone import clock, retention
 from stepstone.replay import HOLD_WAIT, Run
 from stepstone.retention import Retention
 from stepstone.serialization import Limits
-from stepstone.store.base import FIRST_TOKEN, Claim, ClaimBatch, InstanceRecord, Lease, Status, Store
+from stepstone.store.base import FIRST_TOKEN, Claim, InstanceRecord, Lease, Status, Store
 from stepstone.workflow import Workflow
 
 log = logging.getLogger("stepstone.worker")
@@ -231,25 +231,19 @@ class Worker:
             self._full = free <= 0
             next_at: float | None = None
             horizon = 0.0
-            batch: ClaimBatch | None = None
+            failed = False
             if free > 0:
                 # The claim sees the timers released before it began (and reports the next one).
                 self._expected.clear()
+                now = clock.now()
+                horizon = now + CLAIM_AHEAD  # timers due by then are taken now, to fire on time
                 try:
-                    now = clock.now()
-                    horizon = now + CLAIM_AHEAD  # timers due by then are taken now, to fire on time
-                    batch = await self.store.claim(
-                        self.id, names, free, now, now + self.lease_seconds, due_by=horizon, expect_work=woken
-                    )
+                    next_at = await self._claim(names, free, now, horizon, woken)
                 except Exception:
                     log.exception("claiming instances failed; retrying in %s s", CLAIM_RETRY)
-                if batch is not None:
-                    for claim in batch.claims:
-                        self._start(claim)
-                    next_at = batch.next_wake_at
-                    self._full = len(batch.claims) >= free
+                    failed = True
             poll = self.store.wakeup_poll
-            self._look_at = clock.now() + (min(CLAIM_RETRY, poll) if free > 0 and batch is None else poll)
+            self._look_at = clock.now() + (min(CLAIM_RETRY, poll) if failed else poll)
             if next_at is not None:
                 # A timer is taken CLAIM_AHEAD early. What was due by the horizon and not taken
                 # is another worker's lease (or this worker is full): look again when it is due.
@@ -257,6 +251,18 @@ class Worker:
             if not self._full and self._expected:  # released while the claim ran: not seen by it
                 self._look_at = min(self._look_at, min(self._expected) - CLAIM_AHEAD)
             await self._sleep_until_next_look()
+
+    async def _claim(self, names: list[str], free: int, now: float, horizon: float, woken: bool) -> float | None:
+        """Claim up to `free` runnable instances (timers due by `horizon` included) and start
+        their runs; when the next timer not taken falls due. (A helper, so that the claims,
+        their histories included, are not kept referenced while the loop sleeps.)"""
+        batch = await self.store.claim(
+            self.id, names, free, now, now + self.lease_seconds, due_by=horizon, expect_work=woken
+        )
+        for claim in batch.claims:
+            self._start(claim)
+        self._full = len(batch.claims) >= free
+        return batch.next_wake_at
 
     async def _heartbeat_loop(self) -> None:
         interval = min(self.lease_seconds / 3, self.prune_every)

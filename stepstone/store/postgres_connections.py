@@ -116,6 +116,14 @@ async def _answer(value: Any) -> Any:
     return await value.read() if isinstance(value, Later) else value
 
 
+def _add(batch: list[_Job], job: _Job | None) -> bool:
+    """Add a job taken from the queue to the batch; True if it was the stop mark instead."""
+    if job is None:
+        return True
+    batch.append(job)
+    return False
+
+
 def _writer_stopped() -> StoreClosedError:
     return StoreClosedError("the PostgreSQL store's writer has stopped (the store is closing)")
 
@@ -185,35 +193,34 @@ class GroupCommit:
             await self._release()
 
     async def _serve(self) -> None:
+        # Jobs are referred to from helpers' frames only: nothing of a batch answered (its
+        # closures, results, futures) stays referenced here while the next one is awaited.
         retry: list[_Job] = []
         stopping = False
         while True:
             batch, retry = retry, []
             if not batch and not stopping:
-                job = await self._queue.get()
-                if job is None:
-                    stopping = True
-                else:
-                    batch.append(job)
+                stopping = _add(batch, await self._queue.get())
             while not stopping and len(batch) < _MAX_BATCH and not self._queue.empty():
-                job = self._queue.get_nowait()
-                if job is None:
-                    stopping = True
-                else:
-                    batch.append(job)
+                stopping = _add(batch, self._queue.get_nowait())
             if not batch:
                 return
-            try:
-                outcomes, retry = await self._commit(batch)
-            except BaseException as exc:
-                stopped = _writer_stopped() if isinstance(exc, asyncio.CancelledError) else exc
-                for job in batch:
-                    settle(job.future, None, stopped)
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            for outcome in outcomes:
-                settle(outcome.job.future, outcome.result, outcome.error)
+            retry = await self._answer(batch)
+
+    async def _answer(self, batch: list[_Job]) -> list[_Job]:
+        """Commit the batch and answer its jobs; the jobs to try again in the next batch."""
+        try:
+            outcomes, retry = await self._commit(batch)
+        except BaseException as exc:
+            stopped = _writer_stopped() if isinstance(exc, asyncio.CancelledError) else exc
+            for job in batch:
+                settle(job.future, None, stopped)
+            if not isinstance(exc, Exception):
+                raise
+            return []
+        for outcome in outcomes:
+            settle(outcome.job.future, outcome.result, outcome.error)
+        return retry
 
     async def _commit(self, batch: list[_Job]) -> tuple[list[_Outcome], list[_Job]]:
         """Run a batch whole (a lone one-statement job: that statement alone); if that fails,

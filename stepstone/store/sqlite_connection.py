@@ -274,34 +274,39 @@ class ConnectionThread:
         self._conn = conn
         self._ready.set()
         try:
-            while True:
-                jobs = self._jobs.get()
-                if jobs is None:
-                    return
-                if not self._writer:
-                    _answer([self._run_read(conn, job) for job in jobs])
-                    continue
-                batch = list(jobs)
-                stop = False
-                while len(batch) < _MAX_BATCH:
-                    try:
-                        more = self._jobs.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is None:
-                        stop = True
-                        break
-                    batch += more
-                with self._using:
-                    outcomes = self._run_batch(conn, batch, self._synchronous)
-                assert outcomes is not None  # (None only when told not to wait)
-                _answer(outcomes)
-                if stop:
-                    return
+            # Jobs are referred to from helpers' frames only: nothing of a batch answered (its
+            # closures, results, futures) stays referenced here while the next one is awaited.
+            while self._serve(conn, self._jobs.get()):
+                pass
         finally:
             with self._using:
                 self._conn = None
                 conn.close()
+
+    def _serve(self, conn: sqlite3.Connection, jobs: list[_Job] | None) -> bool:
+        """Run jobs taken from the queue (a writer: with whatever else is queued, in one
+        transaction) and answer them; False once told to stop."""
+        if jobs is None:
+            return False
+        if not self._writer:
+            _answer([self._run_read(conn, job) for job in jobs])
+            return True
+        batch = list(jobs)
+        go_on = True
+        while len(batch) < _MAX_BATCH:
+            try:
+                more = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if more is None:
+                go_on = False
+                break
+            batch += more
+        with self._using:
+            outcomes = self._run_batch(conn, batch, self._synchronous)
+        assert outcomes is not None  # (None only when told not to wait)
+        _answer(outcomes)
+        return go_on
 
     @staticmethod
     def _run_solo(conn: sqlite3.Connection, job: _Job) -> Any:

@@ -4,6 +4,7 @@ on time for the timers of the instances it released, and not at all while nothin
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -14,7 +15,7 @@ import pytest
 
 from stepstone import Engine, Workflow, WorkflowEvent, WorkflowStep
 from stepstone.store import sqlite_changes
-from stepstone.store.base import ClaimBatch, Store
+from stepstone.store.base import Claim, ClaimBatch, Store
 
 from .support import StartEngine, finish
 
@@ -110,3 +111,27 @@ async def test_a_sqlite_worker_that_cannot_watch_the_log_polls_for_another_proce
         assert worker.store.wakeup_poll == 0.2
         final = await finish(await client.workflow(OneStep).create(params=2))
         assert (final.status, final.output) == ("complete", {"n": 2})
+
+
+async def done() -> str:
+    return "done"
+
+
+async def test_a_worker_keeps_nothing_of_the_instances_it_claimed_once_their_runs_end(
+    start_engine: StartEngine,
+) -> None:
+    # Between two looks, the claim loop must not hold the last claims (each with its step
+    # history): they would outlive their runs for as long as the worker sleeps.
+    class Resumed(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            await step.sleep("nap", 0.3)  # released, then claimed again when due
+            return await step.do("after", done)
+
+    engine = await start_engine(Resumed)
+    engine.store.wakeup_poll = 60.0  # the claim loop sleeps through the rest of the test
+    batch = await engine.workflow(Resumed).create_batch([{} for _ in range(5)])
+    for inst in batch:
+        assert (await finish(inst)).output == "done"
+    await asyncio.sleep(0)
+    gc.collect()
+    assert [o for o in gc.get_objects() if isinstance(o, Claim) and o.workflow == "Resumed"] == []

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -320,6 +322,32 @@ async def test_every_subscriber_is_called(pg_url: str) -> None:
         await create(client, "a")
         assert await first.arrive()
         assert await second.arrive()
+
+
+class Marker:
+    """An object a job refers to, to tell when nothing refers to the job any more."""
+
+
+async def test_the_writer_keeps_nothing_of_a_batch_it_answered(pg_url: str) -> None:
+    # While it waits for the next batch, the writer must not hold the last one (its jobs'
+    # closures, what they returned): a run's write would outlive the run, and the cycle
+    # collector's oldest generation would fill with them.
+    async with opened(pg_url) as store:
+        markers = [Marker() for _ in range(3)]
+        refs = [weakref.ref(marker) for marker in markers]
+
+        def job(marker: Marker) -> Callable[[Tx], Awaitable[Marker]]:
+            async def write(tx: Tx) -> Marker:
+                return marker
+
+            return write
+
+        futures = [submit(store, job(marker)) for marker in markers]
+        assert [await future for future in futures] == markers
+        del markers, futures
+        await asyncio.sleep(0)  # (the loop's handle that woke this task refers to the last future)
+        gc.collect()
+        assert [ref() for ref in refs] == [None, None, None]
 
 
 async def test_a_cancelled_writer_answers_every_job_and_refuses_new_ones(pg_url: str) -> None:

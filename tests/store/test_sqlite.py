@@ -5,10 +5,12 @@ kept by (instance, seq), and migration 2 moved what version 1 recorded."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 import subprocess
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -116,6 +118,34 @@ async def test_a_lone_write_runs_on_the_event_loop_thread_and_writes_together_on
         assert await where_written() == here
         together = await asyncio.gather(*(where_written() for _ in range(3)))  # three tasks, one turn
         assert len(set(together)) == 1 and together[0] != here
+    finally:
+        await store.close()
+
+
+class Marker:
+    """An object a job refers to, to tell when nothing refers to the job any more."""
+
+
+async def test_the_writer_thread_keeps_nothing_of_a_batch_it_answered(tmp_path: Path) -> None:
+    # While it waits for the next batch, the thread must not hold the last one (its jobs'
+    # closures, what they returned): a run's write would outlive the run, and the cycle
+    # collector's oldest generation would fill with them.
+    store = SqliteStore(f"sqlite:///{tmp_path / 'kept.db'}")
+    await store.open()
+    try:
+        markers = [Marker() for _ in range(3)]
+        refs = [weakref.ref(marker) for marker in markers]
+
+        def job(marker: Marker) -> Callable[[sqlite3.Connection], Marker]:
+            return lambda conn: marker
+
+        asyncio.get_running_loop().call_soon(lambda: None)  # not alone in this turn: the jobs go to the thread
+        futures = [store._write(job(marker)) for marker in markers]
+        assert [await future for future in futures] == markers
+        del markers, futures
+        await asyncio.sleep(0)  # (the loop's handle that woke this task refers to the last future)
+        gc.collect()
+        assert [ref() for ref in refs] == [None, None, None]
     finally:
         await store.close()
 
