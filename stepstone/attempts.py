@@ -115,6 +115,10 @@ async def run(fn: Callable[..., Any], key: StepKey, attempt: int, config: StepCo
         if limit is not None and limit.expired():
             raise _overran(key, attempt, timeout) from None
         raise
+    finally:
+        # It refers to the task: kept in this frame, which a failure's traceback holds, it
+        # would make a reference cycle (task, its exception, traceback, frame, task).
+        limit = None
     if loop.time() > deadline:
         # It overran without a wait at which the timer could stop it (it blocked the
         # event loop, or ended before the timer's turn came): the attempt still failed.

@@ -19,6 +19,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -103,6 +104,13 @@ class _Block:
     wakeup: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
+def _weak(task: asyncio.Task[Any] | None) -> weakref.ref[asyncio.Task[Any]] | None:
+    """A weak reference to a task of a run, for what the task's own context holds: a strong
+    one would make a reference cycle (task, context, what it holds, task), which only the
+    cycle collector frees."""
+    return None if task is None else weakref.ref(task)
+
+
 class _Branch:
     """A task of the run that calls steps: the run's own, or one it started (gather, TaskGroup).
 
@@ -117,27 +125,33 @@ class _Branch:
     step); a run whose history has such steps goes on numbering branches that way.
     """
 
-    __slots__ = ("by_first_call", "calls", "children", "owner", "path", "task")
+    __slots__ = ("_task", "by_first_call", "calls", "children", "owner", "path")
 
     def __init__(self, owner: object, task: asyncio.Task[Any] | None, path: str, by_first_call: str) -> None:
         self.owner = owner
         """The run's `identity`: not the run itself, which would make a reference cycle."""
-        self.task = task
+        self._task = _weak(task)
         self.path = path
         self.by_first_call = by_first_call
         self.children = 0
         self.calls: dict[tuple[StepKind, str], int] = {}
 
+    @property
+    def task(self) -> asyncio.Task[Any] | None:
+        """The branch's task (held weakly: the task's context holds the branch)."""
+        return None if self._task is None else self._task()
+
+    @task.setter
+    def task(self, task: asyncio.Task[Any] | None) -> None:
+        self._task = _weak(task)
+
     def child(self, task: asyncio.Task[Any] | None) -> _Branch:
         by_first_call = f"{self.by_first_call}.{self.children}" if self.by_first_call else str(self.children)
         self.children += 1
         origin = _origin.get()
-        if origin is not None and origin.task in (None, task):
-            origin.task = task
-            path = f"~{origin.path}"
-        else:  # a task created where the run's task factory could not see it
-            path = f"?{by_first_call}"
-        return _Branch(self.owner, task, path, by_first_call)
+        if origin is None or not origin.take(task):  # a task created where the run's task factory could not see it
+            return _Branch(self.owner, task, f"?{by_first_call}", by_first_call)
+        return _Branch(self.owner, task, f"~{origin.path}", by_first_call)
 
 
 _branch: contextvars.ContextVar[_Branch | None] = contextvars.ContextVar("stepstone_branch", default=None)
@@ -148,12 +162,21 @@ _branch: contextvars.ContextVar[_Branch | None] = contextvars.ContextVar("stepst
 class _Origin:
     """Where a task of a run was created: its position among the tasks its parent created."""
 
-    __slots__ = ("created", "path", "task")
+    __slots__ = ("_task", "created", "path")
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.created = 0
-        self.task: asyncio.Task[Any] | None = None
+        self._task: weakref.ref[asyncio.Task[Any]] | None = None
+
+    def take(self, task: asyncio.Task[Any] | None) -> bool:
+        """Whether `task` is the one created here: the first task of the run to ask is
+        (another that inherited this origin with its parent's context is not, even once
+        the first is gone). Held weakly: the task's context holds this."""
+        if self._task is None:
+            self._task = _weak(task)
+            return True
+        return self._task() is task
 
     def child(self) -> _Origin:
         path = f"{self.path}.{self.created}" if self.path else str(self.created)
@@ -760,6 +783,8 @@ class Run:
                     )
                     raise StepFailed(key.name, error_type, message) from error
             finally:
+                # The failure's traceback holds this frame: not kept in it, it makes no cycle.
+                error = None
                 _origin.reset(origin)
                 self._idle()
             due = ended + config.retries.wait_before_retry(attempt)

@@ -78,11 +78,20 @@ class DaemonThreadPool(Executor):
                     self._queued -= 1
             if work is None:
                 return
-            future, fn, args, kwargs = work
-            if future.set_running_or_notify_cancel():
-                try:
-                    result = fn(*args, **kwargs)
-                except BaseException as exc:
-                    future.set_exception(exc)
-                else:
-                    future.set_result(result)
+            _call(*work)
+            # Not kept while the thread waits for the next call; nor by a failure's traceback,
+            # whose frames lead back to this one.
+            del work
+
+
+def _call(future: Future[Any], fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        future.set_exception(exc)
+        # Its traceback holds this frame: without the future in it, no reference cycle.
+        future = None  # type: ignore[assignment]
+    else:
+        future.set_result(result)

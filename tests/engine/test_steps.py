@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import sqlite3
@@ -15,7 +16,7 @@ import psycopg
 import pytest
 
 import stepstone
-from stepstone import StepContext, StepFailed, Workflow, WorkflowEvent, WorkflowStep, replay
+from stepstone import NonRetryableError, StepContext, StepFailed, Workflow, WorkflowEvent, WorkflowStep, replay
 
 from .support import Calls, StartEngine, awaited, finish, until, wait_for_status
 
@@ -867,6 +868,52 @@ async def test_a_finished_run_is_freed_as_it_ends_not_left_to_the_cycle_collecto
         await wait_for_status(inst, "waiting")
         await inst.send_event("approve", "yes")
         assert (await finish(inst)).output == [1, "yes", 2]
+        await until(lambda: not runs, f"every run freed ({count[0]} made)")
+    finally:
+        gc.enable()
+
+
+async def test_runs_that_fail_steps_or_gather_branches_across_sleeps_are_freed_as_they_end(
+    start_engine: StartEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A step's failure (its traceback holds the frame that kept it), and the tasks a run
+    # gathers (each one's context holds its branch): neither may keep a run in a cycle.
+    runs: weakref.WeakSet[replay.Run] = weakref.WeakSet()
+    made = replay.Run.__init__
+    count = [0]
+
+    def noted(run: replay.Run, *args: Any, **kwargs: Any) -> None:
+        made(run, *args, **kwargs)
+        runs.add(run)
+        count[0] += 1
+
+    monkeypatch.setattr(replay.Run, "__init__", noted)
+
+    def refuse() -> None:
+        raise NonRetryableError("no")
+
+    class Failing(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            with contextlib.suppress(StepFailed):
+                await step.do("refused", refuse)
+            await step.do("refused again", refuse)  # escapes: the instance errors
+
+    class Gathering(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            async def branch(i: int) -> int:
+                await step.sleep(f"nap {i}", 0.05 if i else 0.3)  # one held here, one long enough to suspend
+                return int(await step.do(f"after {i}", lambda: i))
+
+            return sum(await asyncio.gather(branch(0), branch(1), branch(2)))
+
+    engine = await start_engine(Failing, Gathering)
+    gc.collect()
+    gc.disable()
+    try:
+        failing = await engine.workflow(Failing).create()
+        gathering = await engine.workflow(Gathering).create()
+        assert (await finish(failing)).status == "errored"
+        assert (await finish(gathering)).output == 3
         await until(lambda: not runs, f"every run freed ({count[0]} made)")
     finally:
         gc.enable()

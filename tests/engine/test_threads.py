@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import gc
 import threading
+import time
+import weakref
 
 from stepstone.threads import DaemonThreadPool
 
@@ -28,4 +32,35 @@ def test_no_more_threads_than_max_workers() -> None:
         assert all(call.result(timeout=10) for call in calls)
         assert len(pool._threads) == 2
     finally:
+        pool.shutdown(wait=False)
+
+
+class Marker:
+    """An argument of a call, to tell when nothing refers to the call any more."""
+
+
+def test_a_thread_keeps_nothing_of_a_call_once_it_is_answered() -> None:
+    # Neither while it waits for the next call nor through a failure's traceback (whose
+    # frames lead back to the thread's own): a step's function and what it holds (the
+    # run's objects) would outlive the step, or wait for the cycle collector.
+    def fail(marker: Marker) -> None:
+        raise ValueError("no")
+
+    pool = DaemonThreadPool(max_workers=1)
+    gc.disable()
+    try:
+        for fn in (id, fail):
+            marker = Marker()
+            ref = weakref.ref(marker)
+            call = pool.submit(fn, marker)
+            del marker
+            concurrent.futures.wait([call], timeout=5)
+            assert call.done()
+            del call
+            deadline = time.monotonic() + 5
+            while ref() is not None and time.monotonic() < deadline:
+                time.sleep(0.01)  # (the thread may not have left the call's frame yet)
+            assert ref() is None, f"the call of {fn.__name__} is still referenced"
+    finally:
+        gc.enable()
         pool.shutdown(wait=False)
