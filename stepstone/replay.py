@@ -235,6 +235,37 @@ def _wake(wakeup: asyncio.Future[None]) -> None:
         wakeup.set_result(None)
 
 
+class _Alarm:
+    """Wakes a blocked branch at `wake_at` (epoch seconds): in legs, each timed again from
+    the clock, so that it fires on time after a long idle (clock.first_leg)."""
+
+    __slots__ = ("_handle", "_wake_at", "_wakeup")
+
+    def __init__(self, wake_at: float, wakeup: asyncio.Future[None]) -> None:
+        self._wake_at = wake_at
+        self._wakeup: asyncio.Future[None] | None = wakeup
+        self._handle: asyncio.TimerHandle
+        self._arm()
+
+    def _arm(self) -> None:
+        wakeup = self._wakeup
+        if wakeup is None:  # (cancelled)
+            return
+        delay = max(0.0, self._wake_at - clock.now())
+        leg = clock.first_leg(delay)
+        loop = asyncio.get_running_loop()
+        if leg < delay:
+            self._handle = loop.call_later(leg, self._arm)
+        else:
+            self._handle = loop.call_later(delay, _wake, wakeup)
+
+    def cancel(self) -> None:
+        """Never fire; and let go of the wakeup (its Suspend's traceback holds the frame
+        that holds this: no reference cycle through it)."""
+        self._handle.cancel()
+        self._wakeup = None
+
+
 def _error_of(exc: BaseException) -> tuple[str, str]:
     """An exception's recorded name and message (whatever its text holds, or its str() does)."""
     return error_type_name(exc), serialization.storable_text(exception_text(exc))
@@ -614,9 +645,7 @@ class Run:
         block = _Block(wake_at, write, wait_type, recorded)
         self.blocked[key] = block
         self._maybe_suspend()
-        timer = None
-        if wake_at is not None:
-            timer = asyncio.get_running_loop().call_later(max(0.0, wake_at - clock.now()), _wake, block.wakeup)
+        timer = None if wake_at is None else _Alarm(wake_at, block.wakeup)
         try:
             await block.wakeup  # woken (a timer, a poke), or Suspend raised here
         finally:

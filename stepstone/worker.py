@@ -171,7 +171,7 @@ class Worker:
             if delay <= 0:
                 return
             self._wakeup = loop.create_future()
-            await asyncio.wait([self._wakeup], timeout=delay)
+            await asyncio.wait([self._wakeup], timeout=clock.first_leg(delay))
 
     def lease_new(self, workflow: str, count: int) -> Lease | None:
         """Free slots for up to `count` new instances of `workflow` that this process creates.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from datetime import UTC, datetime, timedelta, timezone
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 import stepstone
-from stepstone import InvalidInputError, Workflow, WorkflowEvent, WorkflowStep
+from stepstone import InvalidInputError, Workflow, WorkflowEvent, WorkflowStep, clock, replay
 
 from .support import Calls, Gate, StartEngine, finish, step_statuses, until_equal, wait_for_status
 
@@ -167,3 +168,42 @@ async def test_a_timer_is_taken_a_moment_early_but_the_step_after_it_never_runs_
     assert nap.due is not None
     assert final.output >= nap.due.timestamp()
     assert len(passes) == 2
+
+
+# -- waking on time after a long idle ------------------------------------------------------------
+
+
+def test_a_long_wait_sleeps_in_legs_that_end_shortly_before_it_and_a_short_one_at_once() -> None:
+    # An idle machine may wake a process late in proportion to how long it slept: a long
+    # wait first sleeps to just before its end, looks at the clock, and sleeps the rest.
+    assert clock.first_leg(0.004) == 0.004
+    assert clock.first_leg(2 * clock.EARLY) == 2 * clock.EARLY
+    assert clock.first_leg(0.1) == pytest.approx(0.1 - clock.EARLY)
+    assert clock.first_leg(3600.0) == pytest.approx(3600.0 * 49 / 50)
+    legs, left = 0, 3600.0
+    while left > 0:
+        left -= clock.first_leg(left)
+        legs += 1
+    assert legs <= 6  # an hour's wait looks at the clock a handful of times
+
+
+async def test_a_timer_of_a_run_is_armed_for_its_first_leg_and_fires_at_its_time() -> None:
+    loop = asyncio.get_running_loop()
+    wakeup: asyncio.Future[None] = loop.create_future()
+    due = clock.now() + 0.3
+    alarm = replay._Alarm(due, wakeup)
+    try:
+        first = alarm._handle.when() - loop.time()
+        assert 0.3 - clock.EARLY - 0.05 < first < 0.3 - clock.EARLY + 0.001  # armed early, to look again
+        await asyncio.wait_for(wakeup, 5)
+        assert clock.now() >= due  # never early
+    finally:
+        alarm.cancel()
+
+
+async def test_a_cancelled_timer_of_a_run_never_fires() -> None:
+    wakeup: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    alarm = replay._Alarm(clock.now() + 0.05, wakeup)
+    alarm.cancel()
+    await asyncio.sleep(0.15)
+    assert not wakeup.done()
