@@ -836,21 +836,28 @@ async def test_an_async_step_goes_on_from_each_of_its_waits_as_a_plain_await_wou
     assert seen == ["start", "yielded", "inner timeout"]
 
 
+class RunsMade:
+    """Counts the runs made from now on, and keeps track of those not yet freed."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.alive: weakref.WeakSet[replay.Run] = weakref.WeakSet()
+        self.made = 0
+        make = replay.Run.__init__
+
+        def noted(run: replay.Run, *args: Any, **kwargs: Any) -> None:
+            make(run, *args, **kwargs)
+            self.alive.add(run)
+            self.made += 1
+
+        monkeypatch.setattr(replay.Run, "__init__", noted)
+
+
 async def test_a_finished_run_is_freed_as_it_ends_not_left_to_the_cycle_collector(
     start_engine: StartEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Runs kept in reference cycles wait for Python's full collection, which then frees
     # them all in one pause, late enough to delay timers firing meanwhile.
-    runs: weakref.WeakSet[replay.Run] = weakref.WeakSet()
-    made = replay.Run.__init__
-    count = [0]
-
-    def noted(run: replay.Run, *args: Any, **kwargs: Any) -> None:
-        made(run, *args, **kwargs)
-        runs.add(run)
-        count[0] += 1
-
-    monkeypatch.setattr(replay.Run, "__init__", noted)
+    runs = RunsMade(monkeypatch)
 
     class Usual(Workflow):
         async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
@@ -864,11 +871,11 @@ async def test_a_finished_run_is_freed_as_it_ends_not_left_to_the_cycle_collecto
     gc.disable()
     try:
         inst = await engine.workflow(Usual).create()
-        await until(lambda: count[0] == 2, "the run after the sleep")
+        await until(lambda: runs.made == 2, "the run after the sleep")
         await wait_for_status(inst, "waiting")
         await inst.send_event("approve", "yes")
         assert (await finish(inst)).output == [1, "yes", 2]
-        await until(lambda: not runs, f"every run freed ({count[0]} made)")
+        await until(lambda: not runs.alive, f"every run freed ({runs.made} made)")
     finally:
         gc.enable()
 
@@ -878,16 +885,7 @@ async def test_runs_that_fail_steps_or_gather_branches_across_sleeps_are_freed_a
 ) -> None:
     # A step's failure (its traceback holds the frame that kept it), and the tasks a run
     # gathers (each one's context holds its branch): neither may keep a run in a cycle.
-    runs: weakref.WeakSet[replay.Run] = weakref.WeakSet()
-    made = replay.Run.__init__
-    count = [0]
-
-    def noted(run: replay.Run, *args: Any, **kwargs: Any) -> None:
-        made(run, *args, **kwargs)
-        runs.add(run)
-        count[0] += 1
-
-    monkeypatch.setattr(replay.Run, "__init__", noted)
+    runs = RunsMade(monkeypatch)
 
     def refuse() -> None:
         raise NonRetryableError("no")
@@ -914,6 +912,6 @@ async def test_runs_that_fail_steps_or_gather_branches_across_sleeps_are_freed_a
         gathering = await engine.workflow(Gathering).create()
         assert (await finish(failing)).status == "errored"
         assert (await finish(gathering)).output == 3
-        await until(lambda: not runs, f"every run freed ({count[0]} made)")
+        await until(lambda: not runs.alive, f"every run freed ({runs.made} made)")
     finally:
         gc.enable()
