@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import json
 import logging
 import weakref
@@ -230,6 +231,11 @@ def _read_outcome(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
+def _set_done(ended: asyncio.Future[None], task: asyncio.Future[Any]) -> None:
+    if not ended.done():
+        ended.set_result(None)
+
+
 def _wake(wakeup: asyncio.Future[None]) -> None:
     if not wakeup.done():
         wakeup.set_result(None)
@@ -399,26 +405,38 @@ class Run:
         except Exception as exc:  # the workflow's own code failed before run() began
             name, message = _error_of(exc)
             return await self._end("errored", error={"name": name, "message": message})
-        self._task = loop.create_task(run, context=context)
-        self.root.task = self._task
+        task = self._task = loop.create_task(run, context=context)
+        self.root.task = task
+        # Told by a callback, as asyncio.wait would but cheaper (no set, no callbacks to
+        # remove); not by awaiting the task, whose failure raised here would make a
+        # reference cycle (the task, its exception, traceback, this frame, the task).
+        ended: asyncio.Future[None] = loop.create_future()
+        task.add_done_callback(functools.partial(_set_done, ended))
         try:
-            await asyncio.wait([self._task])
-        except asyncio.CancelledError:
-            self._task.cancel()
-            await asyncio.wait([self._task])
-            self._cancel_branches()
-            _read_outcome(self._task)
-            if not self.stopped:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self._end("queued"))
+            await ended
+        except asyncio.CancelledError:  # this run is cancelled (stopped, shut down): hand the instance back
+            await self._cancelled(task)
             raise
+        return await self._outcome(task)
+
+    async def _cancelled(self, task: asyncio.Task[Any]) -> None:
+        task.cancel()
+        await asyncio.wait([task])
+        self._cancel_branches()
+        _read_outcome(task)
+        if not self.stopped:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._end("queued"))
+
+    async def _outcome(self, task: asyncio.Task[Any]) -> Status | None:
+        """Record how the run ended: its task's outcome (ended, suspended, stopped)."""
         self._cancel_branches()
         if self.stopped:
-            _read_outcome(self._task)  # Stopped, raised by the write that found the lease gone
+            _read_outcome(task)  # Stopped, raised by the write that found the lease gone
             return None
-        if self._task.cancelled():
+        if task.cancelled():
             return await self._end("errored", error={"name": "CancelledError", "message": "run() was cancelled"})
-        failure = _first_leaf(self._task.exception())
+        failure = _first_leaf(task.exception())
         if isinstance(failure, Suspend) and self.suspend_blocks is not None:
             return await self._suspend_write(self.suspend_blocks)
         if isinstance(failure, Stopped):
@@ -434,7 +452,7 @@ class Run:
             name, message = _error_of(failure)
             return await self._end("errored", error={"name": name, "message": message})
         try:
-            output_json = serialization.dumps(self._task.result(), what=f"output of workflow {self.claim.workflow!r}")
+            output_json = serialization.dumps(task.result(), what=f"output of workflow {self.claim.workflow!r}")
         except TypeError as exc:
             return await self._end("errored", error={"name": "TypeError", "message": str(exc)})
         return await self._end("complete", output_json=output_json)
