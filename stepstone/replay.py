@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import functools
 import json
 import logging
 import weakref
@@ -231,11 +230,6 @@ def _read_outcome(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def _set_done(ended: asyncio.Future[None], task: asyncio.Future[Any]) -> None:
-    if not ended.done():
-        ended.set_result(None)
-
-
 def _wake(wakeup: asyncio.Future[None]) -> None:
     if not wakeup.done():
         wakeup.set_result(None)
@@ -411,7 +405,7 @@ class Run:
         # remove); not by awaiting the task, whose failure raised here would make a
         # reference cycle (the task, its exception, traceback, this frame, the task).
         ended: asyncio.Future[None] = loop.create_future()
-        task.add_done_callback(functools.partial(_set_done, ended))
+        task.add_done_callback(lambda _: _wake(ended))
         try:
             await ended
         except asyncio.CancelledError:  # this run is cancelled (stopped, shut down): hand the instance back
