@@ -76,7 +76,7 @@ class Worker:
         limits: Limits,
         executor: Executor,
         on_end: Callable[[int, Status | None, str | None, str | None], None],
-        on_start: Callable[[int], None] | None = None,
+        on_start: Callable[[int], None],
         retention: Retention | None = None,
         prune_every: float = 60.0,
     ) -> None:
@@ -312,8 +312,7 @@ class Worker:
         active = _Active(claim)
         active.task = asyncio.create_task(self._run(claim, active), name=f"stepstone-run-{claim.id}")
         self.active[claim.pk] = active
-        if self.on_start is not None:
-            self.on_start(claim.pk)
+        self.on_start(claim.pk)
 
     async def _run(self, claim: Claim, active: _Active) -> None:
         ended: Status | None = None
