@@ -53,7 +53,7 @@ def seconds(value: object, *, what: str = "duration") -> float:
     elif isinstance(value, bool):
         raise InvalidInputError(f"invalid {what} {value!r}: {_EXPECTED}")
     elif isinstance(value, int | float):
-        result = float(value)
+        result = _float(value, f"invalid {what}", f"expected a non-negative duration of at most {MAX_YEARS} years")
     elif isinstance(value, str):
         match = _DURATION.fullmatch(value)
         unit = match.group(2).lower() if match else ""
@@ -87,12 +87,24 @@ def epoch_seconds(when: object) -> float:
             )
         return when.timestamp()
     if isinstance(when, int | float) and not isinstance(when, bool):
-        result = float(when)
+        result = _float(when, "invalid time", "epoch seconds outside the years 1 to 9999")
         if _EPOCH_RANGE[0] <= result <= _EPOCH_RANGE[1]:
             return result
         if math.isfinite(result):
             raise InvalidInputError(f"invalid time {when!r}: epoch seconds outside the years 1 to 9999")
     raise InvalidInputError(f"invalid time {when!r}: expected an aware datetime or a number of epoch seconds")
+
+
+def _float(number: int | float, invalid: str, why: str) -> float:
+    """The number as a float; InvalidInputError (`invalid`, the number, `why`) for an integer
+    too large for one."""
+    try:
+        return float(number)
+    except OverflowError:  # (only an int can be too large)
+        assert isinstance(number, int)
+        # Python refuses to write out an integer of more than 4,300 digits: shown by its size.
+        shown = repr(number) if number.bit_length() < 10_000 else f"<an integer of {number.bit_length()} bits>"
+        raise InvalidInputError(f"{invalid} {shown}: {why}") from None
 
 
 def to_datetime(epoch: float) -> datetime:
