@@ -162,10 +162,12 @@ _branch: contextvars.ContextVar[_Branch | None] = contextvars.ContextVar("stepst
 class _Origin:
     """Where a task of a run was created: its position among the tasks its parent created."""
 
-    __slots__ = ("_task", "created", "path")
+    __slots__ = ("_task", "created", "path", "run")
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, run: weakref.ref[Run]) -> None:
         self.path = path
+        self.run = run
+        """The run whose workflow code the task runs (held weakly, as the task's context holds this)."""
         self.created = 0
         self._task: weakref.ref[asyncio.Task[Any]] | None = None
 
@@ -181,7 +183,7 @@ class _Origin:
     def child(self) -> _Origin:
         path = f"{self.path}.{self.created}" if self.path else str(self.created)
         self.created += 1
-        return _Origin(path)
+        return _Origin(path, self.run)
 
 
 _origin: contextvars.ContextVar[_Origin | None] = contextvars.ContextVar("stepstone_origin", default=None)
@@ -196,14 +198,17 @@ def _task_factory(previous: Any) -> Any:
     def create(loop: asyncio.AbstractEventLoop, coro: Any, **options: Any) -> Any:
         # `options`: what the loop passes on from create_task (context; from Python 3.13 also name).
         parent = _origin.get()
+        run = None
         if parent is not None:
             context = options.get("context") or contextvars.copy_context()
             if context.get(_origin) is parent:
                 context.run(_origin.set, parent.child())
+                run = parent.run()
             options["context"] = context
-        if previous is None:
-            return asyncio.Task(coro, loop=loop, **options)
-        return previous(loop, coro, **options)
+        task = asyncio.Task(coro, loop=loop, **options) if previous is None else previous(loop, coro, **options)
+        if run is not None:
+            run.adopt(task)
+        return task
 
     create.stepstone = True  # type: ignore[attr-defined]
     return create
@@ -352,6 +357,10 @@ class Run:
         """What the run recorded as the instance's output or error, if it ended it."""
         self._task: asyncio.Task[Any] | None = None
         self._branches: set[asyncio.Task[Any]] = set()
+        """The tasks of the run's workflow code: its own, and those it started (see adopt)."""
+        self._new_branches: set[asyncio.Task[Any]] = set()
+        """Tasks the run's workflow code started that have not called a step yet: busy, as a
+        running step is (counted in `inflight`), for they are about to."""
         self._event_locks: dict[str, asyncio.Lock] = {}
 
     # -- the run as a whole -----------------------------------------------------------------
@@ -375,6 +384,7 @@ class Run:
         self._task = None
         self.root.task = None
         self._branches.clear()
+        self._new_branches.clear()
         self.blocked.clear()
         self.suspend_blocks = None
         self._recording = None
@@ -393,7 +403,7 @@ class Run:
         _ensure_task_factory(loop)
         context = contextvars.copy_context()
         context.run(_branch.set, self.root)
-        context.run(_origin.set, _Origin(""))
+        context.run(_origin.set, _Origin("", weakref.ref(self)))
         try:
             run = self._start(event)
         except Exception as exc:  # the workflow's own code failed before run() began
@@ -462,13 +472,40 @@ class Run:
             )
         return coro
 
+    def adopt(self, task: asyncio.Task[Any]) -> None:
+        """A task started by the run's workflow code (gather, TaskGroup, create_task): one of
+        the run's branches from now on, cancelled if it outlives the run. Until it calls its
+        first step it is busy, so that the run does not suspend meanwhile; and one that
+        starts tasks itself (a nested gather) leaves that to them: it waits for them."""
+        if self.ending or self.stopped:  # the run is over: nothing of it runs on
+            task.cancel()
+            return
+        self._branches.add(task)
+        parent = asyncio.current_task()
+        if parent is not None and parent in self._new_branches:
+            self._new_branches.discard(parent)
+        else:
+            self.inflight += 1
+        self._new_branches.add(task)
+        task.add_done_callback(self._new_branch_done)
+
+    def _new_branch_done(self, task: asyncio.Task[Any]) -> None:
+        if task in self._new_branches:  # (it ended without calling a step)
+            self._new_branches.discard(task)
+            self._idle()
+
     def _track_branch(self) -> None:
         task = asyncio.current_task()
         if task is not None:
             self._branches.add(task)
+            if self._new_branches and task in self._new_branches:
+                self._new_branches.discard(task)
+                self.inflight -= 1  # (the step's own wait or run counts from here)
 
     def _cancel_branches(self) -> None:
-        """Cancel tasks the run started that outlived it (a gather sibling of a failed step)."""
+        """Cancel tasks the run started that outlived it (a gather sibling of a failed step, a
+        task that never called a step)."""
+        self._new_branches.clear()
         for task in self._branches:
             if task is not self._task and not task.done():
                 task.cancel()

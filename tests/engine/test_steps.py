@@ -667,6 +667,63 @@ async def test_step_failure_escaping_gather_errors_the_instance_while_a_sibling_
     assert (st.status, st.error) == ("errored", {"name": "ValueError", "message": "broken", "step": "fail"})
 
 
+async def test_a_branch_busy_before_its_first_step_keeps_the_run_from_suspending(start_engine: StartEngine) -> None:
+    # The branch awaits something of its own (not a step) while its sibling sleeps: were the
+    # run to suspend meanwhile, the branch would run its step outside any run, then again.
+    calls = Calls()
+
+    class BusyBranch(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            async def sleeper() -> str:
+                await step.sleep("nap", "300 ms")
+                return "slept"
+
+            async def busy() -> Any:
+                await asyncio.sleep(0.05)
+                return await step.do("after busy", calls.returning("after busy", "done"))
+
+            return await asyncio.gather(sleeper(), busy())
+
+    assert (await run_once(start_engine, BusyBranch)).output == ["slept", "done"]
+    assert calls.log == ["after busy"]
+
+
+async def test_a_branch_that_outlives_its_run_is_cancelled_before_it_calls_a_step(start_engine: StartEngine) -> None:
+    calls = Calls()
+
+    class Outlived(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            async def late() -> Any:
+                await asyncio.sleep(0.1)
+                return await step.do("late", calls.returning("late"))
+
+            await asyncio.gather(step.do("fail", Calls().raising("fail", ValueError("broken")), retries={"limit": 0}),
+                                 late())  # fmt: skip
+
+    engine = await start_engine(Outlived)
+    inst = await engine.workflow(Outlived).create()
+    assert (await finish(inst)).status == "errored"
+    await asyncio.sleep(0.3)  # past when the branch would have called its step
+    assert calls.log == []
+    assert [s.name for s in (await inst.describe()).steps] == ["fail"]
+
+
+async def test_a_run_whose_branches_only_start_branches_suspends_once_those_sleep(start_engine: StartEngine) -> None:
+    # A branch that gathers branches of its own waits for them: it is not busy, and does not
+    # keep the run (a coroutine) alive while every step sleeps.
+    class Nested(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            async def group(name: str) -> Any:
+                return await asyncio.gather(step.sleep(f"{name} a", "1 hour"), step.sleep(f"{name} b", "1 hour"))
+
+            return await asyncio.gather(group("x"), group("y"))
+
+    engine = await start_engine(Nested)
+    inst = await engine.workflow(Nested).create()
+    await wait_for_status(inst, "waiting")
+    assert len((await inst.describe()).steps) == 4
+
+
 # -- results -----------------------------------------------------------------------------------
 
 JSON_VALUE: dict[str, Any] = {
