@@ -36,9 +36,10 @@ class _Mapping:
         return list(self.__dataclass_fields__)  # type: ignore[attr-defined]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Retries(_Mapping):
-    """How a step is retried after a failed attempt."""
+    """How a step is retried after a failed attempt. Two are equal when they retry alike:
+    the delay compared as a duration, however written ("10 seconds", 10, a timedelta)."""
 
     limit: int = 5
     """Retries after the first attempt; 0 means one attempt only."""
@@ -57,6 +58,14 @@ class Retries(_Mapping):
     @property
     def delay_seconds(self) -> float:
         return durations.seconds(self.delay, what="retry delay")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Retries):
+            return NotImplemented
+        return (self.limit, self.delay_seconds, self.backoff) == (other.limit, other.delay_seconds, other.backoff)
+
+    def __hash__(self) -> int:
+        return hash((self.limit, self.delay_seconds, self.backoff))
 
     def wait_before_retry(self, n: int) -> float:
         """Seconds to wait before retry number `n` (1-based): constant delay, linear delay * n,

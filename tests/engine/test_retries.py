@@ -33,6 +33,28 @@ def test_default_retries_are_five_retries_ten_seconds_apart_growing_exponentiall
     assert Retries() == Retries(limit=5, delay="10 seconds", backoff="exponential")
 
 
+def test_retries_are_equal_when_they_retry_alike_however_the_delay_is_written() -> None:
+    assert Retries() == Retries(delay=10) == Retries(delay=timedelta(seconds=10)) == Retries(delay="10000 ms")
+    assert hash(Retries(delay="1 minute")) == hash(Retries(delay=60.0))
+    assert Retries(delay="10 seconds") != Retries(delay="11 seconds")
+    assert Retries(limit=2) != Retries(limit=3)
+    assert Retries(backoff="linear") != Retries(backoff="constant")
+    assert stepstone.retries.resolve().retries == Retries()
+
+
+async def test_a_step_sees_the_retries_it_was_given_in_its_config(start_engine: StartEngine) -> None:
+    given = Retries(limit=2, delay="1 second", backoff="linear")
+    seen: list[Any] = []
+
+    class Configured(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            await step.do("given", lambda ctx: seen.append(ctx.config.retries), retries=given)
+            await step.do("defaults", lambda ctx: seen.append(ctx.config.retries))
+
+    assert (await run_once(start_engine, Configured)).status == "complete"
+    assert seen == [given, Retries()]
+
+
 async def test_failing_step_is_retried_until_it_succeeds(start_engine: StartEngine) -> None:
     calls = Calls()
 
