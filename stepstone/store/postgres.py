@@ -159,8 +159,12 @@ async def _wake_workers(tx: Tx) -> None:
 
 
 def redact(url: str) -> str:
-    """The URL without its password (in the user part or a `password=` parameter), for messages."""
-    parts = urlsplit(url)
+    """The URL without its password (in the user part or a `password=` parameter), for messages;
+    one that cannot be parsed (a malformed IPv6 host) is shown as its scheme, host unread."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return f"{url.partition('://')[0]}://(malformed)"
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, _, hosts = netloc.rpartition("@")
@@ -179,11 +183,18 @@ def _conninfo(url: str) -> str:
     try:
         params = conninfo_to_dict(libpq_url)
     except psycopg.ProgrammingError as exc:
-        raise InvalidInputError(f"invalid PostgreSQL URL {redact(url)!r}: {one_line(exc)}") from None
+        why = one_line(exc).replace(libpq_url, "the URL")  # (libpq quotes it whole, password and all)
+        raise InvalidInputError(f"invalid PostgreSQL URL {redact(url)!r}: {why}") from None
     for port in str(params.get("port") or "").split(","):
         if port and not (port.isdigit() and 0 < int(port) < 65536):
             raise InvalidInputError(f"invalid PostgreSQL URL {redact(url)!r}: port {port!r} is not a number 1-65535")
     if "connect_timeout" in params:
+        timeout = str(params["connect_timeout"]).strip()
+        if not (timeout.lstrip("-").isdigit()):
+            raise InvalidInputError(
+                f"invalid PostgreSQL URL {redact(url)!r}: connect_timeout {params['connect_timeout']!r} is not "
+                "a whole number of seconds"
+            )
         return libpq_url
     return make_conninfo(libpq_url, connect_timeout=_CONNECT_TIMEOUT)
 

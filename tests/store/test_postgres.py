@@ -84,6 +84,21 @@ def test_passwords_are_redacted_from_urls() -> None:
     assert postgres.redact("postgres://h/db") == "postgres://h/db"
 
 
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("postgresql://u:s3cret@[::1:5432/db", "IPv6"),  # the host's ] missing: urlsplit and libpq refuse it
+        ("postgresql://u:s3cret@h:5432/db?connect_timeout=abc", "connect_timeout 'abc'"),
+        ("postgresql://u:s3cret@h:5432/db?connect_timeout=1.5", "connect_timeout '1.5'"),
+    ],
+)
+def test_a_malformed_url_is_invalid_input_naming_what_is_wrong_but_not_the_password(url: str, named: str) -> None:
+    with pytest.raises(InvalidInputError, match="invalid PostgreSQL URL") as info:
+        from_url(url)
+    assert named in str(info.value)
+    assert "s3cret" not in str(info.value)
+
+
 @pytest.mark.parametrize("scheme", ["postgres", "postgresql+psycopg"])
 async def test_other_url_schemes_name_the_same_database(pg_url: str, scheme: str) -> None:
     url = pg_url.replace("postgresql", scheme, 1)
