@@ -11,7 +11,7 @@ from typing import Any
 
 from stepstone import clock
 from stepstone import store as stores
-from stepstone.errors import InvalidInputError, StepstoneError, WorkflowNotFoundError
+from stepstone.errors import InvalidInputError, InvalidStateError, StepstoneError, WorkflowNotFoundError
 from stepstone.instances import InstanceStatus, WorkflowHandle, status_of
 from stepstone.retention import Retention
 from stepstone.serialization import Limits
@@ -83,6 +83,8 @@ class Engine:
         self.limits = limits or Limits()
         self.lease_seconds = float(lease_seconds)
         self.retention = retention
+        if store_options:
+            stores.check_options(self.url, store_options)
         self._store_options = store_options
         self._store: Store | None = None
         self._worker: Worker | None = None
@@ -92,6 +94,15 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
         self._run_watchers: dict[int, list[asyncio.Future[InstanceStatus | None]]] = {}
+
+    def use_url(self, url: str) -> None:
+        """Use the store at `url` instead of the one given (before `start`; the CLI's --db).
+        Options given for another kind of store (SQLite's `synchronous`, PostgreSQL's
+        `schema`...) configured the store replaced, and are dropped."""
+        if self._store is not None:
+            raise InvalidStateError("the engine has started: its store can no longer change")
+        self.url = resolve_url(url)
+        self._store_options = stores.options_for(self.url, self._store_options)
 
     # -- lifecycle --------------------------------------------------------------------------
 

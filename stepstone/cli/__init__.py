@@ -74,7 +74,7 @@ def _load(app: str, db: str | None, concurrency: int | None, *, worker: bool) ->
 
     engine = load_engine(app)
     if db is not None:
-        engine.url = db
+        engine.use_url(db)
     if concurrency is not None:
         if concurrency < 1:
             raise InvalidInputError(f"invalid --concurrency {concurrency}: expected an integer >= 1")

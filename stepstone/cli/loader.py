@@ -59,6 +59,13 @@ def _import_file(app: str, target: str) -> ModuleType:
     path = Path(target)
     if not path.is_file():
         raise InvalidInputError(f"invalid APP {app!r}: no file {target!r}")
+    taken = sys.modules.get(path.stem)
+    where = getattr(taken, "__file__", None)
+    if taken is not None and (where is None or Path(where).resolve() != path.resolve()):
+        raise InvalidInputError(
+            f"invalid APP {app!r}: its module name {path.stem!r} is taken by another module ({where or 'built in'}), "
+            "which the app would hide; rename the file"
+        )
     sys.path.insert(0, str(path.resolve().parent))
     spec = importlib.util.spec_from_file_location(path.stem, path)
     if spec is None or spec.loader is None:

@@ -213,6 +213,31 @@ def test_app_forms_and_bad_apps(registered: str, tmp_path: Path) -> None:
             process.stderr.close()
 
 
+def test_db_of_another_kind_of_store_drops_the_options_of_the_apps_own(registered: str, tmp_path: Path) -> None:
+    # The app's Engine is made for the other kind of store, with an option only that kind takes.
+    own = f'"sqlite:///{tmp_path}/own.db", synchronous="NORMAL"'
+    if registered.startswith("sqlite"):
+        own = '"postgresql://nobody@127.0.0.1:1/elsewhere", schema="elsewhere"'
+    app = tmp_path / "other_kind.py"
+    app.write_text(
+        "from stepstone import Engine, Workflow\n"
+        "class Noop(Workflow):\n"
+        "    async def run(self, event, step):\n"
+        "        return None\n"
+        f"engine = Engine({own}, workflows=[Noop])\n"
+    )
+    process = subprocess.Popen([*STEPSTONE, "worker", str(app), "--db", registered], stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    try:
+        line = process.stderr.readline()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0, line + process.stderr.read()
+        process.stderr.close()
+    assert "ready" in line, line
+    assert not (tmp_path / "own.db").exists()
+
+
 def test_apps_that_cannot_be_imported_are_one_line_errors(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/unused.db"
     (tmp_path / "syntax.py").write_text("engine = None\ndef broken(:\n    pass\n")
@@ -236,6 +261,11 @@ def test_apps_that_cannot_be_imported_are_one_line_errors(tmp_path: Path) -> Non
     module = cli("worker", "app_syntax:engine", url=url, check=False, cwd=tmp_path)
     assert_one_line_error(module, 2)
     assert "__init__.py" in module.stderr and "line 1" in module.stderr and "SyntaxError" in module.stderr
+    # A file named as a module already imported (json: the server's own) would hide that module.
+    (tmp_path / "json.py").write_text((Path(APP)).read_text())
+    hiding = cli("serve", str(tmp_path / "json.py"), url=url, check=False)
+    assert_one_line_error(hiding, 2)
+    assert "module name 'json' is taken" in hiding.stderr and "rename the file" in hiding.stderr
 
 
 @pytest.mark.parametrize("bad", ["directory", "not_a_database"])
@@ -282,11 +312,19 @@ def test_commands_on_a_sqlite_file_that_does_not_exist_create_none(tmp_path: Pat
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_malformed_postgres_url_is_a_one_line_error_naming_it() -> None:
-    url = "postgresql://nobody@127.0.0.1:5432/nothing?bogusparam=1"
-    result = cli("workflows", "list", "--db", url, url=url, check=False)
-    assert_one_line_error(result, 2)  # (libpq's message ends with a newline of its own)
-    assert "bogusparam" in result.stderr
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("postgresql://nobody@127.0.0.1:5432/nothing?bogusparam=1", "bogusparam"),
+        ("postgresql://nobody@[::1:5432/nothing", "IPv6"),
+        ("postgresql://nobody@127.0.0.1:5432/nothing?connect_timeout=abc", "connect_timeout"),
+    ],
+)
+def test_a_malformed_postgres_url_is_a_one_line_error_naming_it(url: str, named: str) -> None:
+    for args in (["workflows", "list"], ["trigger", "greeter"], ["worker", APP]):
+        result = cli(*args, "--db", url, url=url, check=False)
+        assert_one_line_error(result, 2)  # (libpq's message ends with a newline of its own)
+        assert named in result.stderr
 
 
 def test_db_and_json_may_come_before_the_subcommand(registered: str, tmp_path: Path) -> None:

@@ -3,13 +3,23 @@ closes and another opens, and a client's instances run on a worker (SPEC §3, §
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from stepstone import Engine, StepContext, Workflow, WorkflowEvent, WorkflowNotFoundError, WorkflowStep
+from stepstone import (
+    Engine,
+    InvalidInputError,
+    InvalidStateError,
+    StepContext,
+    Workflow,
+    WorkflowEvent,
+    WorkflowNotFoundError,
+    WorkflowStep,
+)
 
 from .support import Calls, Gate, StartEngine, finish, stays, until, until_time, wait_for_status
 
@@ -160,6 +170,34 @@ async def test_engine_url_defaults_to_stepstone_db_in_the_working_directory(
     async with Engine(workflows=[Local]) as engine:
         assert (await finish(await engine.workflow(Local).create())).output == "local"
     assert (tmp_path / "stepstone.db").exists()
+
+
+def test_store_options_of_another_kind_of_store_are_invalid_input_naming_them() -> None:
+    cases: list[tuple[str, dict[str, Any], str]] = [
+        ("sqlite:///unused.db", {"schema": "app"}, "schema for a SQLite store (for PostgreSQL stores only)"),
+        ("postgresql://nobody@127.0.0.1:1/unused", {"synchronous": "NORMAL"},
+         "synchronous for a PostgreSQL store (for SQLite stores only)"),
+        ("sqlite:///unused.db", {"colour": "blue"}, "invalid option(s) colour for a SQLite store (unknown): it takes"),
+    ]  # fmt: skip
+    for url, options, message in cases:
+        with pytest.raises(InvalidInputError, match=re.escape(message)):
+            Engine(url, **options)
+
+
+async def test_an_engine_told_another_url_drops_the_options_of_its_own_kind_of_store(store_url: str) -> None:
+    class Moved(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            return "moved"
+
+    if store_url.startswith("sqlite"):
+        engine = Engine("postgresql://nobody@127.0.0.1:1/unused", workflows=[Moved], schema="app")
+    else:
+        engine = Engine("sqlite:///unused.db", workflows=[Moved], synchronous="NORMAL")
+    engine.use_url(store_url)
+    async with engine:
+        assert (await finish(await engine.workflow(Moved).create())).output == "moved"
+        with pytest.raises(InvalidStateError):
+            engine.use_url(store_url)
 
 
 async def test_client_engine_steers_instances_that_a_worker_engine_runs(store_url: str) -> None:
