@@ -195,6 +195,20 @@ def pg_url(pg_databases: _Databases) -> Iterator[str]:
         pg_databases.give_back(name)
 
 
+@pytest.fixture
+def bare_pg_url(pg_server_url: str) -> Iterator[str]:
+    """The URL of a new database of this test's own without stepstone's schema (as a user's
+    database is before any Engine ran on it); dropped afterwards."""
+    name = f"stepstone_test_bare_{os.getpid()}"
+    _drop_database(pg_server_url, name)
+    with _admin(pg_server_url) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield _with_database(pg_server_url, name)
+    finally:
+        _drop_database(pg_server_url, name)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty store of each kind: a SQLite file in tmp_path, or a new PostgreSQL database."""

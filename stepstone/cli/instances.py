@@ -30,21 +30,20 @@ def run_client(db: str | None, action: Callable[[Any], Awaitable[T]], *, if_no_s
     from stepstone.cli import fail, store_error
     from stepstone.engine import Engine
     from stepstone.errors import WorkflowNotFoundError
-    from stepstone.store.sqlite import path_from_url
 
     engine = Engine(db, worker=False)  # no --db: $STEPSTONE_DATABASE_URL, or the default
-    if engine.url.startswith("sqlite:"):
-        try:
-            path = path_from_url(engine.url)
-        except StepstoneError as exc:
-            fail(exc)
-        if not os.path.lexists(path):
-            if if_no_store is not None:
-                return if_no_store
-            fail(WorkflowNotFoundError(
-                f"no store at {path!r} ({engine.url}), so no workflow is known there: no Engine has run on it "
-                "(check --db or $STEPSTONE_DATABASE_URL)"
-            ))  # fmt: skip
+    try:
+        missing = _no_store_at(engine.url)
+    except StepstoneError as exc:
+        fail(exc)
+    except OSError as exc:  # the database server is unreachable
+        fail(exc)
+    if missing is not None:
+        if if_no_store is not None:
+            return if_no_store
+        fail(WorkflowNotFoundError(
+            f"{missing}, so no workflow is known there: no Engine has run on it (check --db or $STEPSTONE_DATABASE_URL)"
+        ))  # fmt: skip
 
     async def main() -> T:
         async with engine:
@@ -58,6 +57,23 @@ def run_client(db: str | None, action: Callable[[Any], Awaitable[T]], *, if_no_s
         fail(exc)
     except sqlite3.Error as exc:  # the file is a directory, or not a SQLite database
         fail(store_error(engine.url, exc))
+
+
+def _no_store_at(url: str) -> str | None:
+    """What is missing if no store is at `url` (nothing is created to find out); None if one is."""
+    from stepstone import store as stores
+
+    if stores.kind_of(url) == "SQLite":
+        from stepstone.store.sqlite import path_from_url
+
+        path = path_from_url(url)
+        return None if os.path.lexists(path) else f"no store at {path!r} ({url})"
+    from stepstone.store.postgres import PostgresStore
+
+    store = PostgresStore(url)
+    if asyncio.run(store.exists()):
+        return None
+    return f"no store in {stores.shown_url(url)} (no schema {store.schema!r} with stepstone's tables)"
 
 
 def parse_json(value: str | None, option: str) -> Any:

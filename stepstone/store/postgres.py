@@ -245,12 +245,23 @@ class PostgresStore:
             query = self._queries[template] = template.replace("{s}", self._schema_sql)
         return query
 
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        """One connection of its own (autocommit), for what comes before the pool."""
+        try:
+            return await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise StepstoneError(f"cannot connect to PostgreSQL at {redact(self.url)}: {one_line(exc)}") from exc
+
+    async def exists(self) -> bool:
+        """Whether the database holds this store (its schema's tables), without creating it."""
+        async with await self._connect() as conn:
+            cursor = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{self._schema_sql}.schema_version",))
+            row = await cursor.fetchone()
+        return bool(row and row[0])
+
     async def open(self) -> None:
         where = redact(self.url)
-        try:
-            conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
-        except psycopg.OperationalError as exc:
-            raise StepstoneError(f"cannot connect to PostgreSQL at {where}: {one_line(exc)}") from exc
+        conn = await self._connect()
         try:
             async with conn:
                 await self._migrate(conn)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
 
 from stepstone import Engine
@@ -310,6 +311,18 @@ def test_commands_on_a_sqlite_file_that_does_not_exist_create_none(tmp_path: Pat
     assert_one_line_error(query, 2)
     assert "?mode=ro" in query.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_commands_on_a_postgres_database_without_a_store_create_none(bare_pg_url: str) -> None:
+    url = bare_pg_url
+    assert json.loads(cli("workflows", "list", "--json", url=url).stdout) == []
+    commands = (["instances", "list", "greeter"], ["trigger", "greeter"], ["instances", "describe", "greeter", "a"])
+    for command in commands:
+        result = cli(*command, url=url, check=False)
+        assert_one_line_error(result, 3)
+        assert "no store in" in result.stderr and "no schema 'stepstone'" in result.stderr
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'stepstone'").fetchone() == (0,)
 
 
 @pytest.mark.parametrize(
