@@ -8,7 +8,7 @@ import random
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -91,11 +91,20 @@ class InstanceDetail:
     steps: list[StepDetail]
 
     def as_dict(self, *, steps: bool = True) -> dict[str, Any]:
-        """Plain data (datetimes kept), the one shape of `describe --json` and the HTTP API."""
-        data = asdict(self)
-        if not steps:
-            del data["steps"]
+        """Plain data (datetimes kept), the one shape of `describe --json` and the HTTP API.
+
+        JSON values (params, output, results) are the detail's own, not copies: a copy made
+        as dataclasses.asdict does, one call deeper per level, would fail on a value nested
+        a few hundred levels deep, which JSON itself reads and writes."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "steps"}
+        if steps:
+            data["steps"] = [_shallow(step) | {"attempts": [_shallow(a) for a in step.attempts]} for step in self.steps]
         return data
+
+
+def _shallow(detail: Any) -> dict[str, Any]:
+    """A detail record's fields as a dict, each value as it is."""
+    return {f.name: getattr(detail, f.name) for f in fields(detail)}
 
 
 class InstanceList(list["Instance"]):
@@ -182,7 +191,7 @@ async def workflow_rows(engine: Engine) -> list[dict[str, object]]:
 
 def cursor_position(cursor: object) -> int:
     """Where a page's `next_cursor` says the next page starts; InvalidInputError if it is no cursor."""
-    if not isinstance(cursor, str) or not _CURSOR.fullmatch(cursor) or int(cursor) > _MAX_INT64:
+    if not isinstance(cursor, str) or len(cursor) > 19 or not _CURSOR.fullmatch(cursor) or int(cursor) > _MAX_INT64:
         raise InvalidInputError(f"invalid cursor {cursor!r}: pass the next_cursor of a previous page")
     return int(cursor)
 

@@ -74,6 +74,8 @@ def _encode(value: Any, what: str) -> tuple[str, int]:
         text = _encoder.encode(value)
     except (TypeError, ValueError) as exc:
         raise TypeError(storable_text(f"{what} is not JSON-serializable: {exc}")) from None
+    except RecursionError:
+        raise TypeError(f"{what} is not JSON-serializable: it is nested too deeply") from None
     if text.isascii():
         return text, len(text)
     try:

@@ -42,6 +42,10 @@ async def read_json(request: Request, max_bytes: int, *, empty: Any = _MISSING) 
         raise ApiError("invalid_input", "the request body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise ApiError("invalid_input", f"the request body is not JSON: {exc.msg} at position {exc.pos}") from None
+    except ValueError as exc:  # a number Python will not read (over 4,300 digits)
+        raise ApiError("invalid_input", f"the request body holds a value too large to read: {exc}") from None
+    except RecursionError:
+        raise ApiError("invalid_input", "the request body is nested too deeply to read") from None
 
 
 def _too_large(size: int, max_bytes: int) -> ApiError:
@@ -70,7 +74,8 @@ def query_int(request: Request, name: str, *, default: int, low: int, high: int)
     text = request.query_params.get(name)
     if text is None:
         return default
-    if not text.isdigit() or not low <= int(text) <= high:
+    # (ASCII digits only: str.isdigit takes '²' too, which int() refuses; and few enough for int())
+    if not (text.isascii() and text.isdigit() and len(text) <= 18) or not low <= int(text) <= high:
         raise ApiError("invalid_input", f"invalid {name} {text!r}: expected an integer from {low} to {high}")
     return int(text)
 

@@ -110,8 +110,12 @@ async def test_ids_outside_the_grammar_raise_invalid_input_and_create_nothing(st
 
 async def test_params_that_are_not_json_raise_invalid_input_and_create_nothing(start_engine: StartEngine) -> None:
     engine = await start_engine(Echo, worker=False)
-    with pytest.raises(InvalidInputError):
-        await engine.workflow(Echo).create(id="odd", params={"when": object()})
+    deep: list[Any] = []
+    for _ in range(5000):
+        deep = [deep]
+    for params in ({"when": object()}, deep, 10**5000):  # no JSON, or past what JSON writes
+        with pytest.raises(InvalidInputError):
+            await engine.workflow(Echo).create(id="odd", params=params)
     with pytest.raises(InstanceNotFoundError):
         await engine.workflow(Echo).get("odd")
 

@@ -802,6 +802,13 @@ async def test_step_name_that_cannot_be_stored_raises_invalid_input_without_runn
     assert calls.log == []
 
 
+def nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 async def test_result_that_is_not_json_fails_the_step_with_type_error_and_no_retry(start_engine: StartEngine) -> None:
     calls = Calls()
     odd_values: dict[str, Any] = {
@@ -811,6 +818,8 @@ async def test_result_that_is_not_json_fails_the_step_with_type_error_and_no_ret
         "bytes": b"bytes",
         "bool key deep in a tuple": ([{"a": {True: "x"}}],),
         "None key": {None: 1},
+        "nested past what JSON writes": nested(5000),
+        "a number past what JSON writes": 10**5000,
     }
 
     class NotJson(Workflow):

@@ -88,11 +88,22 @@ async def test_create_of_an_existing_id_is_409_and_changes_nothing(client: httpx
         pytest.param(b'{"instance_id": "-bad id"}', id="bad-id"),
         pytest.param(b'{"instance_id": 7}', id="id-not-a-string"),
         pytest.param(b'{"params": NaN}', id="params-not-json"),
+        pytest.param(b'{"params": ' + b"1" * 5000 + b"}", id="a-number-python-will-not-read"),
+        pytest.param(b'{"params": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", id="nested-past-reading"),
     ],
 )
 async def test_create_with_bad_input_is_400(client: httpx.AsyncClient, body: bytes) -> None:
     assert error_code(await client.post(INSTANCES, content=body), 400) == "invalid_input"
     assert result(await client.get(INSTANCES)) == []
+
+
+async def test_params_nested_hundreds_deep_are_shown_as_stored(client: httpx.AsyncClient) -> None:
+    deep: list[object] = []
+    for _ in range(600):
+        deep = [deep]
+    assert result(await client.post(INSTANCES, json={"instance_id": "deep", "params": deep}), 201)["params"] == deep
+    assert result(await client.get(f"{INSTANCES}/deep"))["params"] == deep
+    assert [item["params"] for item in result(await client.get(INSTANCES))] == [deep]
 
 
 async def test_params_over_the_engine_limit_are_413(store_url: str) -> None:
@@ -202,11 +213,14 @@ async def test_list_filters_by_creation_date_range(client: httpx.AsyncClient) ->
         {"per_page": "0"},
         {"per_page": "101"},
         {"per_page": "ten"},
+        {"per_page": "\u00b2"},  # a digit to str.isdigit, not to int()
+        {"per_page": "9" * 5000},
         {"cursor": "abc"},
+        {"cursor": "9" * 5000},
         {"date_start": "yesterday"},
         {"date_start": "2030-01-02T00:00:00Z", "date_end": "2030-01-01T00:00:00Z"},
     ],
-    ids=lambda params: ",".join(f"{k}={v}" for k, v in params.items()),
+    ids=lambda params: ",".join(f"{k}={v[:20]!r}" for k, v in params.items()),
 )
 async def test_list_with_bad_parameters_is_400(client: httpx.AsyncClient, params: dict[str, str]) -> None:
     assert error_code(await client.get(INSTANCES, params=params), 400) == "invalid_input"
