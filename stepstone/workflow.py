@@ -67,9 +67,17 @@ def check_class(cls: object) -> type[Workflow]:
     if not (isinstance(cls, type) and issubclass(cls, Workflow)):
         raise InvalidInputError(f"invalid workflow {cls!r}: expected a subclass of stepstone.Workflow")
     name = cls.name
-    if not isinstance(name, str) or not name or len(name) > 256 or not is_storable(name):
+    # A name is one segment of the HTTP API's paths (/workflows/NAME/...): no '/', not '.' or '..'.
+    if (
+        not isinstance(name, str)
+        or not name
+        or len(name) > 256
+        or not is_storable(name)
+        or "/" in name
+        or name in (".", "..")
+    ):
         raise InvalidInputError(
-            f"invalid workflow name {name!r}: expected 1 to 256 characters of Unicode text "
-            "(no NUL characters or lone surrogates)"
+            f"invalid workflow name {name!r}: expected 1 to 256 characters of Unicode text, without '/' "
+            "(nor '.' or '..' alone, or NUL characters or lone surrogates)"
         )
     return cls

@@ -176,14 +176,28 @@ async def test_error_messages_with_nul_and_lone_surrogates_are_stored_as_escapes
     assert status.error == {"name": "ValueError", "message": "bad\\x00byte \\ud800", "step": "noisy"}
 
 
-def test_workflow_names_must_be_utf8_text() -> None:
+@pytest.mark.parametrize("name", [f"odd{LONE}", "nul\x00", "", "x" * 257, "shop/orders", ".", ".."])
+def test_workflow_names_must_be_utf8_text_that_fits_in_a_path_segment(name: str) -> None:
     from stepstone import Engine
 
     class Odd(Workflow):
-        name = f"odd{LONE}"
+        pass
 
-    with pytest.raises(InvalidInputError, match="workflow name"):
+    Odd.name = name
+    with pytest.raises(InvalidInputError, match="invalid workflow name"):
         Engine("sqlite:///unused.db", workflows=[Odd])
+
+
+def test_workflow_names_may_hold_any_other_text() -> None:
+    from stepstone import Engine
+
+    for name in ("content-pipeline", "x" * 256, "sp ace é?#%", "a.b", "...", "订单"):
+
+        class Fine(Workflow):
+            pass
+
+        Fine.name = name
+        assert list(Engine("sqlite:///unused.db", workflows=[Fine]).workflows) == [name]
 
 
 def test_storable_text_escapes_nul_and_lone_surrogates_and_keeps_other_text() -> None:
