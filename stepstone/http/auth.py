@@ -2,7 +2,14 @@
 
 With $STEPSTONE_API_TOKEN set, every API request needs it (401 otherwise); the comparison
 takes constant time, and no message or log line ever holds a token. Without one the
-API is open, so `stepstone serve` only listens on a loopback address then.
+API is open to this machine only: `stepstone serve` then listens on a loopback address,
+and requests are refused (403) that a web page elsewhere could make a browser send:
+- one from another site (`Sec-Fetch-Site` cross-site or same-site, or an `Origin` other
+  than the host asked): a page can post a form or a "simple" fetch to localhost without
+  asking (cross-site request forgery);
+- one that names a host other than a loopback one (`Host`): a page whose own name was
+  made to resolve to 127.0.0.1 (DNS rebinding) reads and writes as if same-origin.
+Clients other than browsers (curl, httpx, the CLI) send neither header but `Host`.
 """
 
 from __future__ import annotations
@@ -34,14 +41,42 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _presented(scope: Scope) -> bytes | None:
+def _header(scope: Scope, wanted: bytes) -> bytes | None:
     headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
     for name, value in headers:
-        if name == b"authorization":
-            scheme, _, credentials = value.partition(b" ")
-            if scheme.lower() == b"bearer":
-                return credentials.strip()
-            return None
+        if name == wanted:
+            return value
+    return None
+
+
+def _presented(scope: Scope) -> bytes | None:
+    value = _header(scope, b"authorization")
+    if value is None:
+        return None
+    scheme, _, credentials = value.partition(b" ")
+    return credentials.strip() if scheme.lower() == b"bearer" else None
+
+
+def _hostname(authority: str) -> str:
+    """The host of `host[:port]` (an IPv6 address in brackets kept whole)."""
+    if authority.startswith("["):
+        return authority.partition("]")[0] + "]"
+    return authority.rpartition(":")[0] if authority.count(":") == 1 else authority
+
+
+def _not_from_here(scope: Scope) -> str | None:
+    """Why a request without a token is refused (see the module's doc), or None."""
+    host = (_header(scope, b"host") or b"").decode("latin-1").strip()
+    if host and not is_loopback(_hostname(host)):
+        return f"this server answers without a token only for a loopback host, not {host!r}; set {TOKEN_VARIABLE}"
+    site = (_header(scope, b"sec-fetch-site") or b"").decode("latin-1").strip().lower()
+    if site in ("cross-site", "same-site"):
+        return f"a request from another site ({site}) is refused without a token; set {TOKEN_VARIABLE}"
+    origin = _header(scope, b"origin")
+    if origin is not None:
+        authority = origin.decode("latin-1").strip().partition("://")[2]
+        if authority != host:
+            return f"a request from another origin is refused without a token; set {TOKEN_VARIABLE}"
     return None
 
 
@@ -53,10 +88,11 @@ def _app_path(scope: Scope) -> str:
 
 
 class BearerAuth:
-    """ASGI middleware: answer 401 unless the request carries the token.
+    """ASGI middleware: answer 401 unless the request carries the token; without a token,
+    answer 403 to what a browser may have been made to send (see the module's doc).
 
-    `public(path)` names the paths that need none (the dashboard's page and files, which
-    hold no data: the page itself sends the token with each API call).
+    `public(path)` names the paths that need no token (the dashboard's page and files,
+    which hold no data: the page itself sends the token with each API call).
     """
 
     def __init__(self, app: ASGIApp, token: str | None, public: Callable[[str], bool] = lambda path: False) -> None:
@@ -65,9 +101,15 @@ class BearerAuth:
         self.public = public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.token is not None and scope["type"] == "http" and not self.public(_app_path(scope)):
+        token = self.token
+        if scope["type"] == "http" and token is None:
+            refused = _not_from_here(scope)
+            if refused is not None:
+                await failure(ApiError("forbidden", refused))(scope, receive, send)
+                return
+        elif scope["type"] == "http" and token is not None and not self.public(_app_path(scope)):
             presented = _presented(scope)
-            if presented is None or not hmac.compare_digest(presented, self.token):
+            if presented is None or not hmac.compare_digest(presented, token):
                 reason = "missing" if presented is None else "wrong"
                 error = ApiError("unauthorized", f"{reason} API token: send the header Authorization: Bearer <token>")
                 response = failure(error, headers={"WWW-Authenticate": 'Bearer realm="stepstone"'})

@@ -45,9 +45,9 @@ def _ok(description: str, result: dict[str, Any], *, status: str = "200", paged:
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
-    """Error responses of an operation (401 applies to all, when a token is set)."""
+    """Error responses of an operation (to all: 401 when a token is set, 403 when none is)."""
     out: dict[str, Any] = {}
-    for status in sorted({401, 500, *statuses}):
+    for status in sorted({401, 403, 500, *statuses}):
         codes = [code for code, code_status in ERRORS.items() if code_status == status]
         out[str(status)] = {
             "description": "Error codes: " + ", ".join(codes),

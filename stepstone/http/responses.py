@@ -35,6 +35,7 @@ logger = logging.getLogger("stepstone.http")
 ERRORS: dict[str, int] = {
     "invalid_input": 400,  # malformed JSON, an unknown field, a bad id, status, cursor, date or step
     "unauthorized": 401,  # $STEPSTONE_API_TOKEN is set and the request lacks `Authorization: Bearer <it>`
+    "forbidden": 403,  # no token is set, and the request comes from another site or names a host not loopback
     "not_found": 404,  # no such endpoint
     "workflow_not_found": 404,
     "instance_not_found": 404,

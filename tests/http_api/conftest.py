@@ -17,7 +17,8 @@ from stepstone.http import create_app
 
 from .app import Flaky, Greeter
 
-BASE_URL = "http://stepstone.test"
+BASE_URL = "http://127.0.0.1:8787"
+"""A loopback host: without a token, the API answers no other (auth.py)."""
 
 
 @pytest.fixture(autouse=True)

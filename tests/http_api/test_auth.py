@@ -1,4 +1,5 @@
-"""Access control: with a token set, every request needs `Authorization: Bearer <token>`."""
+"""Access control: with a token set, every request needs `Authorization: Bearer <token>`; without
+one, only what comes from this machine (not what a web page makes a browser send) is answered."""
 
 from __future__ import annotations
 
@@ -67,8 +68,38 @@ async def test_the_token_comes_from_the_environment(engine: Engine, monkeypatch:
         assert result(await client.get("/workflows", headers={"Authorization": f"Bearer {TOKEN}"}))
 
 
-async def test_without_a_token_the_api_is_open(client: httpx.AsyncClient) -> None:
+async def test_without_a_token_the_api_is_open_to_clients_on_this_machine(client: httpx.AsyncClient) -> None:
     assert result(await client.get("/workflows"))
+    for host in ("localhost:8787", "127.0.0.1", "[::1]:8787"):
+        assert result(await client.get("/workflows", headers={"Host": host}))
+    # The dashboard's own calls: from its page, on the host it was loaded from.
+    same = {"Origin": "http://127.0.0.1:8787", "Sec-Fetch-Site": "same-origin"}
+    assert result(await client.post("/workflows/greeter/instances", json={}, headers=same), 201)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({"Origin": "https://evil.example"}, id="another-origin"),
+        pytest.param({"Origin": "http://127.0.0.1:3000"}, id="another-port"),
+        pytest.param({"Origin": "null"}, id="opaque-origin"),
+        pytest.param({"Sec-Fetch-Site": "cross-site"}, id="cross-site"),
+        pytest.param({"Sec-Fetch-Site": "same-site"}, id="same-site"),
+        pytest.param({"Host": "rebound.evil.example:8787"}, id="dns-rebinding"),
+        pytest.param({"Host": "192.168.1.20:8787"}, id="not-loopback"),
+    ],
+)
+async def test_without_a_token_what_a_web_page_could_make_a_browser_send_is_403(
+    client: httpx.AsyncClient, headers: dict[str, str]
+) -> None:
+    # A form post or "simple" fetch (text/plain: no preflight) from a page elsewhere, or a
+    # page whose name was made to resolve to this machine, must neither write nor read.
+    simple = headers | {"Content-Type": "text/plain"}
+    forged = await client.post("/workflows/greeter/instances", content=b'{"instance_id": "forged"}', headers=simple)
+    assert error_code(forged, 403) == "forbidden"
+    assert "STEPSTONE_API_TOKEN" in forged.text
+    assert error_code(await client.get("/workflows", headers=headers), 403) == "forbidden"
+    assert result(await client.get("/workflows/greeter/instances")) == []
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "localhost", "LOCALHOST", "::1", "[::1]"])

@@ -44,9 +44,9 @@ class Stream:
             "raw_path": path.encode(),
             "query_string": query.encode(),
             "root_path": "",
-            "headers": [(b"host", b"stepstone.test"), (b"accept", b"text/event-stream")],
+            "headers": [(b"host", b"127.0.0.1:8787"), (b"accept", b"text/event-stream")],
             "client": ("127.0.0.1", 50000),
-            "server": ("stepstone.test", 80),
+            "server": ("127.0.0.1", 8787),
         }
         self.task = asyncio.ensure_future(app(scope, self._receive, self._send))
 
