@@ -263,17 +263,29 @@ async def openapi(request: Request, api: Api) -> Response:
 _INSTANCES = "/workflows/{name}/instances"
 _INSTANCE = _INSTANCES + "/{id}"
 
+def _route(path: str, **endpoints: Endpoint) -> Route:
+    """One route per path, whatever its methods (`GET=fn, POST=fn`), so that a 405 answer's
+    Allow header names every method the path takes."""
+    answers = {method: _endpoint(fn) for method, fn in endpoints.items()}
+    if len(answers) == 1:
+        [(method, answer)] = answers.items()
+        return Route(path, answer, methods=[method])
+
+    async def by_method(request: Request) -> Response:
+        return await answers["GET" if request.method == "HEAD" else request.method](request)
+
+    return Route(path, by_method, methods=list(answers))
+
+
 ROUTES = [
-    Route("/openapi.json", _endpoint(openapi), methods=["GET"]),
-    Route("/workflows", _endpoint(list_workflows), methods=["GET"]),
-    Route("/workflows/stream", _endpoint(overview_stream), methods=["GET"]),
-    Route(_INSTANCES, _endpoint(list_instances), methods=["GET"]),
-    Route(_INSTANCES, _endpoint(create_instance), methods=["POST"]),
-    Route(_INSTANCES + "/batch", _endpoint(create_batch), methods=["POST"]),
-    Route(_INSTANCE, _endpoint(get_instance), methods=["GET"]),
-    Route(_INSTANCE, _endpoint(delete_instance), methods=["DELETE"]),
-    Route(_INSTANCE + "/status", _endpoint(change_status), methods=["PATCH"]),
-    Route(_INSTANCE + "/events/{type}", _endpoint(send_event), methods=["POST"]),
-    Route(_INSTANCE + "/stream", _endpoint(instance_stream), methods=["GET"]),
-    Route("/workflows/{name}/stream", _endpoint(workflow_stream), methods=["GET"]),
+    _route("/openapi.json", GET=openapi),
+    _route("/workflows", GET=list_workflows),
+    _route("/workflows/stream", GET=overview_stream),
+    _route(_INSTANCES, GET=list_instances, POST=create_instance),
+    _route(_INSTANCES + "/batch", POST=create_batch),
+    _route(_INSTANCE, GET=get_instance, DELETE=delete_instance),
+    _route(_INSTANCE + "/status", PATCH=change_status),
+    _route(_INSTANCE + "/events/{type}", POST=send_event),
+    _route(_INSTANCE + "/stream", GET=instance_stream),
+    _route("/workflows/{name}/stream", GET=workflow_stream),
 ]

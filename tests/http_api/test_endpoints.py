@@ -379,6 +379,11 @@ async def test_unknown_paths_are_404_and_unknown_methods_405(client: httpx.Async
     response = await client.put("/workflows")
     assert error_code(response, 405) == "method_not_allowed"
     assert "GET" in response.headers["allow"]
+    # Allow names every method the path takes, whichever of its endpoints they reach.
+    for path, methods in ((INSTANCES, {"GET", "HEAD", "POST"}), (f"{INSTANCES}/x", {"GET", "HEAD", "DELETE"})):
+        response = await client.put(path)
+        assert error_code(response, 405) == "method_not_allowed"
+        assert set(response.headers["allow"].split(", ")) == methods
 
 
 async def test_an_unexpected_failure_is_500_without_details(
