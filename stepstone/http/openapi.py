@@ -45,9 +45,10 @@ def _ok(description: str, result: dict[str, Any], *, status: str = "200", paged:
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
-    """Error responses of an operation (to all: 401 when a token is set, 403 when none is)."""
+    """Error responses of an operation (to all: 401 when a token is set, 403 when none is, 405
+    for a method its path does not take)."""
     out: dict[str, Any] = {}
-    for status in sorted({401, 403, 500, *statuses}):
+    for status in sorted({401, 403, 405, 500, *statuses}):
         codes = [code for code, code_status in ERRORS.items() if code_status == status]
         out[str(status)] = {
             "description": "Error codes: " + ", ".join(codes),
@@ -219,7 +220,10 @@ PATHS: dict[str, dict[str, Any]] = {
                     }
                 },
             },
-            "responses": {**_ok("The instance, in its new status.", _ref("InstanceSummary")), **_errors(400, 404, 409)},
+            "responses": {
+                **_ok("The instance, in its new status.", _ref("InstanceSummary")),
+                **_errors(400, 404, 409, 413),
+            },
         },
     },
     "/workflows/{name}/instances/{id}/events/{type}": {
