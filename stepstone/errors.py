@@ -15,9 +15,9 @@
     ├── LeaseLostError                     (internal) another worker owns the instance now
     └── StoreClosedError                   the store is not open, or closing
 
-`Suspend` is not here on purpose: the signal that stops a run so that it can be
-resumed later is internal and derives from BaseException (see replay.py), so a
-user's `except Exception` can never swallow it.
+No exception stops a run that suspends (to be resumed later): its tasks are cancelled
+(see replay.py), so that no `except Exception` and no `gather(..., return_exceptions=True)`
+in a workflow can take that for a value and run on.
 """
 
 from __future__ import annotations

@@ -78,13 +78,6 @@ in-process instead of suspending again. Workers claim instances a moment before 
 timers are due (worker.CLAIM_AHEAD, less than this), so that the timers fire on time."""
 
 
-class Suspend(BaseException):
-    """Raised in every blocked branch when the run suspends, so that `run()` unwinds.
-
-    A BaseException so that user code's `except Exception` cannot swallow it.
-    """
-
-
 class Stopped(BaseException):
     """The run lost its lease (taken over, terminated, restarted, deleted): stop silently.
 
@@ -102,6 +95,8 @@ class _Block:
     recorded: bool = False
     """The wait was recorded by an earlier run: this run is its resumption."""
     wakeup: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    task: asyncio.Task[Any] | None = field(default_factory=asyncio.current_task)
+    """The task that waits (a run's task, or one it started)."""
 
 
 def _weak(task: asyncio.Task[Any] | None) -> weakref.ref[asyncio.Task[Any]] | None:
@@ -227,10 +222,27 @@ def _outside_workflow_code() -> contextvars.Context:
     return context
 
 
+_WAITING_FOR_TASKS = {asyncio.TaskGroup.__aexit__.__code__, asyncio.wait.__code__, asyncio.wait_for.__code__}
+"""Code in which a coroutine waits for tasks: the end of an `async with TaskGroup()` block,
+asyncio.wait, and asyncio.wait_for (which, on Python 3.11, awaits its task through a future
+of its own)."""
+
+
+def _awaits_tasks(task: asyncio.Task[Any]) -> bool:
+    """Whether the task's coroutine waits, somewhere down its chain of awaits, in code that
+    waits for tasks (_WAITING_FOR_TASKS)."""
+    coro: Any = task.get_coro()
+    while coro is not None:
+        if getattr(coro, "cr_code", None) in _WAITING_FOR_TASKS:
+            return True
+        coro = getattr(coro, "cr_await", None)
+    return False
+
+
 def _read_outcome(future: asyncio.Future[Any]) -> None:
     """Mark a finished future's exception as read: asyncio reports an unread one as an
     error when the future is collected, and where this is called there is nothing to do
-    with it (the run stops, or it is a Suspend met by a cancellation)."""
+    with it (the run stops or suspends)."""
     if future.done() and not future.cancelled():
         future.exception()
 
@@ -265,8 +277,8 @@ class _Alarm:
             self._handle = loop.call_later(delay, _wake, wakeup)
 
     def cancel(self) -> None:
-        """Never fire; and let go of the wakeup (its Suspend's traceback holds the frame
-        that holds this: no reference cycle through it)."""
+        """Never fire; and let go of the wakeup (the frame awaiting it holds this: no
+        reference cycle through it)."""
         self._handle.cancel()
         self._wakeup = None
 
@@ -357,10 +369,7 @@ class Run:
         """What the run recorded as the instance's output or error, if it ended it."""
         self._task: asyncio.Task[Any] | None = None
         self._branches: set[asyncio.Task[Any]] = set()
-        """The tasks of the run's workflow code: its own, and those it started (see adopt)."""
-        self._new_branches: set[asyncio.Task[Any]] = set()
-        """Tasks the run's workflow code started that have not called a step yet: busy, as a
-        running step is (counted in `inflight`), for they are about to."""
+        """The tasks of the run's workflow code that it started (see adopt), and any that called a step."""
         self._event_locks: dict[str, asyncio.Lock] = {}
 
     # -- the run as a whole -----------------------------------------------------------------
@@ -384,7 +393,6 @@ class Run:
         self._task = None
         self.root.task = None
         self._branches.clear()
-        self._new_branches.clear()
         self.blocked.clear()
         self.suspend_blocks = None
         self._recording = None
@@ -438,14 +446,15 @@ class Run:
         if self.stopped:
             _read_outcome(task)  # Stopped, raised by the write that found the lease gone
             return None
+        if self.suspend_blocks is not None:  # (its tasks cancelled: however run() took that)
+            _read_outcome(task)
+            return await self._suspend_write(self.suspend_blocks)
         if task.cancelled():
             return await self._end("errored", error={"name": "CancelledError", "message": "run() was cancelled"})
         failure = _first_leaf(task.exception())
-        if isinstance(failure, Suspend) and self.suspend_blocks is not None:
-            return await self._suspend_write(self.suspend_blocks)
         if isinstance(failure, Stopped):
             return None
-        if self.pause_requested and not isinstance(failure, Suspend):
+        if self.pause_requested:
             # The run ended (complete or errored) after a step during which a pause was asked:
             # the instance pauses when that step ends, and ends when resumed (by a replay).
             return await self._end("paused")
@@ -474,42 +483,50 @@ class Run:
 
     def adopt(self, task: asyncio.Task[Any]) -> None:
         """A task started by the run's workflow code (gather, TaskGroup, create_task): one of
-        the run's branches from now on, cancelled if it outlives the run. Until it calls its
-        first step it is busy, so that the run does not suspend meanwhile; and one that
-        starts tasks itself (a nested gather) leaves that to them: it waits for them."""
-        if self.ending or self.stopped:  # the run is over: nothing of it runs on
+        the run's branches from now on, which the run waits for before it suspends (see
+        `_all_waiting`), and cancels if it outlives the run."""
+        if self.ending or self.stopped or self.suspend_blocks is not None:  # nothing of the run runs on
             task.cancel()
             return
         self._branches.add(task)
-        parent = asyncio.current_task()
-        if parent is not None and parent in self._new_branches:
-            self._new_branches.discard(parent)
-        else:
-            self.inflight += 1
-        self._new_branches.add(task)
-        task.add_done_callback(self._new_branch_done)
+        task.add_done_callback(self._branch_done)
 
-    def _new_branch_done(self, task: asyncio.Task[Any]) -> None:
-        if task in self._new_branches:  # (it ended without calling a step)
-            self._new_branches.discard(task)
-            self._idle()
+    def _branch_done(self, task: asyncio.Task[Any]) -> None:
+        if self.blocked:  # the others may all wait now
+            self._maybe_suspend()
 
     def _track_branch(self) -> None:
         task = asyncio.current_task()
         if task is not None:
             self._branches.add(task)
-            if self._new_branches and task in self._new_branches:
-                self._new_branches.discard(task)
-                self.inflight -= 1  # (the step's own wait or run counts from here)
 
     def _cancel_branches(self) -> None:
         """Cancel tasks the run started that outlived it (a gather sibling of a failed step, a
-        task that never called a step)."""
-        self._new_branches.clear()
+        task never awaited)."""
         for task in self._branches:
             if task is not self._task and not task.done():
                 task.cancel()
         self._branches.clear()
+
+    def _all_waiting(self) -> bool:
+        """Whether every task of the run waits: blocked in a step's wait, or for other tasks of
+        the run (awaiting one, gather, TaskGroup, asyncio.wait), and none runs code of its own
+        meanwhile (a plain `await asyncio.sleep(...)`, a computation, an awaited call): such
+        a task is about to call its next step, and the run must not suspend under it."""
+        blocked = {block.task for block in self.blocked.values()}
+        gathered = asyncio.tasks._GatheringFuture  # type: ignore[attr-defined]
+        for task in (self._task, *self._branches):
+            if task is None or task.done() or task in blocked:
+                continue
+            waiter = getattr(task, "_fut_waiter", None)  # what the task awaits (asyncio's own record)
+            if waiter is None or waiter.done():
+                return False  # it runs, or is about to
+            if isinstance(waiter, gathered) or (isinstance(waiter, asyncio.Task) and waiter in self._branches):
+                continue
+            if _awaits_tasks(task):
+                continue
+            return False
+        return True
 
     async def _end(
         self,
@@ -690,37 +707,46 @@ class Run:
         *,
         recorded: bool = False,
     ) -> None:
-        """Wait until `wake_at` (or a poke); raises Suspend if the run suspends first."""
+        """Wait until `wake_at` (or a poke); cancelled if the run suspends first."""
         block = _Block(wake_at, write, wait_type, recorded)
         self.blocked[key] = block
         self._maybe_suspend()
         timer = None if wake_at is None else _Alarm(wake_at, block.wakeup)
         try:
-            await block.wakeup  # woken (a timer, a poke), or Suspend raised here
+            await block.wakeup  # woken (a timer, a poke), or cancelled: the run suspends
         finally:
             if timer is not None:
                 timer.cancel()
             self.blocked.pop(key, None)
             _read_outcome(block.wakeup)
-            del block  # its Suspend's traceback holds this frame: no cycle through it
+            del block
         self._maybe_suspend()  # the other branches may wait long: suspend if this one ends here
 
     def _maybe_suspend(self, turn: int = 0) -> None:
-        """Suspend once every branch is blocked and no step runs, after letting the loop settle;
-        not while a recorded wait, resumed early, ends within HOLD_WAIT."""
+        """Suspend once every task of the run waits and no step runs, after letting the loop
+        settle; not while a recorded wait, resumed early, ends within HOLD_WAIT.
+
+        Suspending cancels the run's tasks: `run()` unwinds as any cancelled coroutine does
+        (an exception raised into the waits would be a value to `gather(...,
+        return_exceptions=True)`, and the code after it would run on)."""
         if self.suspend_blocks is not None or self.stopped or self.inflight or not self.blocked:
             return
+        if self._task is None or self._task.done():
+            return  # run() has ended: the run ends as it did
         if any(block.wakeup.done() for block in self.blocked.values()):
             return  # a branch was poked awake
         soon = clock.now() + HOLD_WAIT
         if any(b.recorded and b.wake_at is not None and b.wake_at <= soon for b in self.blocked.values()):
             return  # that branch wakes in-process, and this is looked at again then
+        if not self._all_waiting():
+            return  # looked at again when a task blocks, ends a step, or ends
         if turn < _SETTLE_TURNS:
             asyncio.get_running_loop().call_soon(self._maybe_suspend, turn + 1)
             return
         self.suspend_blocks = list(self.blocked.values())
-        for block in self.suspend_blocks:
-            block.wakeup.set_exception(Suspend())
+        for task in (self._task, *self._branches):
+            if task is not None and not task.done():
+                task.cancel()
 
     @contextlib.contextmanager
     def _busy(self) -> Iterator[None]:

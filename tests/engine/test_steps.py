@@ -708,6 +708,71 @@ async def test_a_branch_that_outlives_its_run_is_cancelled_before_it_calls_a_ste
     assert [s.name for s in (await inst.describe()).steps] == ["fail"]
 
 
+async def test_gather_with_return_exceptions_waits_out_a_sleep_and_an_event_of_its_branches(
+    start_engine: StartEngine,
+) -> None:
+    # The run suspends while its branches wait: nothing of that may reach gather as a result.
+    class Lenient(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            results = await asyncio.gather(
+                step.sleep("nap", "300 ms"),
+                step.wait_for_event("approval", type="approval", timeout="1 hour"),
+                step.do("fail", Calls().raising("fail", ValueError("caught")), retries={"limit": 0}),
+                return_exceptions=True,
+            )
+            nap, approval, failed = results
+            assert not isinstance(approval, BaseException)
+            return [nap, approval.payload, type(failed).__name__]
+
+    engine = await start_engine(Lenient)
+    inst = await engine.workflow(Lenient).create()
+    await wait_for_status(inst, "waiting")
+    await inst.send_event("approval", {"ok": True})
+    assert (await finish(inst)).output == [None, {"ok": True}, "StepFailed"]
+    assert [s.name for s in (await inst.describe()).steps if s.status == "complete"] == ["nap", "approval"]
+
+
+async def test_a_plain_await_between_the_steps_of_a_branch_does_not_wait_for_a_sibling(
+    start_engine: StartEngine,
+) -> None:
+    # While one branch awaits something of its own between two steps, the run is busy: it
+    # must not suspend until the sibling's hour is over, which would hold the second step back.
+    class Between(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            async def busy() -> Any:
+                await step.do("first", lambda: 1)
+                await asyncio.sleep(0.05)
+                return await step.do("second", lambda: 2)
+
+            return await asyncio.gather(step.sleep("hour", "1 hour"), busy())
+
+    engine = await start_engine(Between)
+    inst = await engine.workflow(Between).create()
+
+    await wait_for_status(inst, "waiting")  # (suspended once both branches wait)
+    steps = {s.name: s.status for s in (await inst.describe()).steps}
+    assert steps == {"hour": "waiting", "first": "complete", "second": "complete"}
+
+
+async def test_a_run_that_awaits_on_its_own_before_waiting_suspends_once_every_task_waits(
+    start_engine: StartEngine,
+) -> None:
+    class OwnAwait(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            nap = asyncio.ensure_future(step.sleep("nap", "1 hour"))
+            await asyncio.sleep(0.05)  # the task sleeps meanwhile: the run is not idle yet
+            reply = await step.wait_for_event("reply", type="reply", timeout="1 hour")
+            await nap
+            return reply.payload
+
+    engine = await start_engine(OwnAwait)
+    inst = await engine.workflow(OwnAwait).create()
+    await wait_for_status(inst, "waiting")
+    waits = {s.name: s.status for s in (await inst.describe()).steps}
+    assert waits == {"nap": "waiting", "reply": "waiting"}
+    await inst.terminate()
+
+
 async def test_a_run_whose_branches_only_start_branches_suspends_once_those_sleep(start_engine: StartEngine) -> None:
     # A branch that gathers branches of its own waits for them: it is not busy, and does not
     # keep the run (a coroutine) alive while every step sleeps.
