@@ -371,6 +371,10 @@ class Run:
         self._branches: set[asyncio.Task[Any]] = set()
         """The tasks of the run's workflow code that it started (see adopt), and any that called a step."""
         self._event_locks: dict[str, asyncio.Lock] = {}
+        self._taking = 0
+        """Commits under way that record events taken by this run's waits."""
+        self._taken: list[asyncio.Future[None]] = []
+        """Waits for those commits to end (_all_takes_recorded)."""
 
     # -- the run as a whole -----------------------------------------------------------------
 
@@ -627,9 +631,28 @@ class Run:
     async def _commit(self, steps: list[StepWrite]) -> None:
         """Record steps now, under the lease; stop the run if the lease is gone."""
         write = RunWrite(self.claim.pk, self.claim.token, clock.now(), self._placed(self._take_pending() + steps))
-        status = await self._guard(lambda: self.store.write(write))
+        takes = any(step.consume_event is not None for step in write.steps)
+        if takes:
+            self._taking += 1
+        try:
+            status = await self._guard(lambda: self.store.write(write))
+        finally:
+            if takes:
+                self._taking -= 1
+                if not self._taking:
+                    for waiter in self._taken:
+                        _wake(waiter)
+                    self._taken.clear()
         if status == "waitingForPause":
             self.pause_requested = True
+
+    async def _all_takes_recorded(self) -> None:
+        """Wait until no commit under way records an event taken (the store still shows
+        such an event kept: another wait must not take it again)."""
+        while self._taking:
+            waiter = asyncio.get_running_loop().create_future()
+            self._taken.append(waiter)
+            await waiter
 
     async def _guard(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Await a store operation of the run; if it fails for good, stop the run (Stopped).
@@ -953,6 +976,7 @@ class Run:
         await self._recorded()
         if any(write.consume_event is not None for write in self.pending):
             await self._commit([])  # an event taken but not yet recorded would be found again
+        await self._all_takes_recorded()  # (one under way in another branch's commit, likewise)
         event = await self._guard(lambda: self.store.next_event(self.claim.pk, type_))
         now = clock.now()
         # An event sent after the wait's deadline is not for it, though no worker was there

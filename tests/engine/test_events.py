@@ -124,6 +124,41 @@ async def test_concurrent_waits_for_one_type_each_take_a_different_event(start_e
     assert (await finish(inst)).output == ["a", "b"]  # no event lost, none taken twice
 
 
+async def test_a_wait_does_not_take_an_event_whose_taking_another_branch_is_recording(
+    start_engine: StartEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Branches each run a step, then wait for an event of one type: a step's commit, slow
+    # as under load, records the events other branches' waits took meanwhile, while more
+    # waits look for one. Each must take another event, none the same twice.
+    class Takers(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            async def branch(i: int) -> Any:
+                async def work() -> None:
+                    await asyncio.sleep(0.004 * i)
+
+                await step.do(f"work {i}", work)
+                return (await step.wait_for_event(f"take {i}", type="t", timeout="1 hour")).payload
+
+            return sorted(await asyncio.gather(*(branch(i) for i in range(8))))
+
+    engine = await start_engine(Takers, worker=False)
+    instances = [await engine.workflow(Takers).create() for _ in range(6)]
+    for inst in instances:
+        for n in range(8):
+            await inst.send_event("t", n)
+    store_class = type(engine.store)
+    write = store_class.write
+
+    async def slow_write(store: Any, run: Any) -> Any:
+        await asyncio.sleep(0.01)
+        return await write(store, run)
+
+    monkeypatch.setattr(store_class, "write", slow_write)
+    await start_engine(Takers)
+    for inst in instances:  # before: a wait took an event taken already, and the run stopped
+        assert (await finish(inst)).output == list(range(8))
+
+
 async def test_an_event_taken_is_recorded_while_the_step_after_it_runs(start_engine: StartEngine) -> None:
     gate = Gate()
 
