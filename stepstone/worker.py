@@ -31,6 +31,9 @@ CLAIM_RETRY = 5.0
 """Seconds before a claim that failed (the database unreachable) is tried again."""
 SEEN_EVERY = 60.0
 """Seconds between two records of an idle worker's liveness (one with leases, at each heartbeat)."""
+LAPSED = 1.0
+"""Seconds past a lease's term at which it has surely lapsed (a renewal sent just before the
+run ended may have landed after)."""
 CLAIM_AHEAD = HOLD_WAIT / 2
 """Seconds: a worker claims instances whose timers are due within this, so that their
 runs are replayed and waiting in-process when the timers fire."""
@@ -102,6 +105,8 @@ class Worker:
         """When the sleeping claim loop looks next (moved earlier by `expect`)."""
         self._expected: list[float] = []
         """Timers of instances this worker released since its last claim began."""
+        self._lapsing: list[float] = []
+        """When leases of this worker's runs that ended without a word lapse (_after_run)."""
         self._full = False
         """The last look found the worker full: a slot that frees may take queued work."""
         self._stopping = False
@@ -237,8 +242,10 @@ class Worker:
                 self._expected.clear()
                 now = clock.now()
                 horizon = now + CLAIM_AHEAD  # timers due by then are taken now, to fire on time
+                # A lease of this worker's lapsed: the store's look for work would not see it.
+                lapsed = any(at <= now for at in self._lapsing)
                 try:
-                    next_at = await self._claim(names, free, now, horizon, woken)
+                    next_at = await self._claim(names, free, now, horizon, woken or lapsed)
                 except Exception:
                     log.exception("claiming instances failed; retrying in %s s", CLAIM_RETRY)
                     failed = True
@@ -250,6 +257,11 @@ class Worker:
                 self._look_at = min(self._look_at, next_at if next_at <= horizon else next_at - CLAIM_AHEAD)
             if not self._full and self._expected:  # released while the claim ran: not seen by it
                 self._look_at = min(self._look_at, min(self._expected) - CLAIM_AHEAD)
+            if self._lapsing:
+                if free > 0:  # a claim ran: it took the leases lapsed before it began
+                    self._lapsing = [at for at in self._lapsing if at > now]
+                if self._lapsing:
+                    self._look_at = min(self._look_at, min(self._lapsing))
             await self._sleep_until_next_look()
 
     async def _claim(self, names: list[str], free: int, now: float, horizon: float, woken: bool) -> float | None:
@@ -344,6 +356,15 @@ class Worker:
         timer = run.wake_at if ended == "waiting" and run is not None else None
         if timer is not None:
             self.expect(timer)  # when its instance falls due; nothing else became runnable
+        elif ended is None and not self._stopping:
+            # It recorded no end (the store failing, the run's own failure; or its lease lost):
+            # its instance may still be leased to this worker, no longer renewed. A claim sees
+            # others' leases only: look when this one has lapsed, to run it again.
+            at = clock.now() + self.lease_seconds + LAPSED
+            self._lapsing.append(at)
+            if at < self._look_at:
+                self._look_at = at
+                self._interrupt_sleep()
         settled = timer is not None or ended in ("complete", "errored", "terminated", "paused")
         if self._full or not settled:
             self.wake()

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from stepstone import Engine, Workflow, WorkflowEvent, WorkflowStep
+from stepstone import Engine, Workflow, WorkflowEvent, WorkflowStep, replay
 from stepstone.store import sqlite_changes
 from stepstone.store.base import Claim, ClaimBatch, Store
 
@@ -78,6 +78,32 @@ async def test_a_full_worker_looks_for_queued_work_when_a_slot_frees(store_url: 
         batch = await handle.create_batch([{"params": n} for n in range(10)])  # 2 leased here, 8 queued
         finals = [await finish(inst) for inst in batch]
         assert [(f.status, f.output) for f in finals] == [("complete", {"n": n}) for n in range(10)]
+
+
+async def test_a_run_stopped_by_a_failing_store_runs_again_once_its_own_lease_lapses(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store refuses the run's writes longer than the run tries them: the run stops, its
+    # instance still leased to this worker. Claims take others' leases only when they expire;
+    # the worker must look again once its own lapses, not at its next poll (a minute here).
+    monkeypatch.setattr(replay, "STORE_RETRY_SECONDS", 0.2)
+    async with Engine(store_url, workflows=[OneStep], lease_seconds=0.5) as engine:
+        engine.store.wakeup_poll = 60.0
+        write = engine.store.write
+        failing = True
+
+        async def flaky_write(run: Any) -> Any:
+            if failing:
+                raise OSError("the disk is unplugged")
+            return await write(run)
+
+        monkeypatch.setattr(engine.store, "write", flaky_write)
+        inst = await engine.workflow(OneStep).create(params=7)
+        await asyncio.sleep(0.5)  # the run gives up
+        failing = False
+        began = time.monotonic()
+        assert (await inst.wait(timeout=10)).output == {"n": 7}
+        assert time.monotonic() - began < 5
 
 
 async def test_an_idle_worker_leaves_the_event_loop_asleep(
