@@ -94,6 +94,8 @@ class _Block:
     wait_type: str | None = None
     recorded: bool = False
     """The wait was recorded by an earlier run: this run is its resumption."""
+    queued: bool = False
+    """`write` is on its way to the store while the run goes on (Run._record_waits_soon)."""
     wakeup: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     task: asyncio.Task[Any] | None = field(default_factory=asyncio.current_task)
     """The task that waits (a run's task, or one it started)."""
@@ -583,7 +585,12 @@ class Run:
 
     def _placed(self, steps: list[StepWrite]) -> list[StepWrite]:
         """The steps, each given its seq: its record's, or for a step new to the history the
-        next one (a step keeps the seq it was first given in this run)."""
+        next one (a step keeps the seq it was first given in this run). Of several writes of
+        one step (a wait begun, then over), the last."""
+        if len(steps) > 1:
+            last = {step.key: step for step in steps}
+            if len(last) < len(steps):
+                steps = [step for step in steps if last[step.key] is step]
         for step in steps:
             seq = self.seqs.get(step.key)
             if seq is None:
@@ -602,7 +609,7 @@ class Run:
         return pending
 
     def _record_soon(self) -> None:
-        """Record the waits just found over soon: with the next write if one comes within
+        """Record the waits just found over (or begun) soon: with the next write if one comes within
         RECORD_WAIT (the step after a wait, if quick, is then recorded in the same commit),
         else in a commit of their own that the step running meanwhile does not wait for, so
         that the history shows the wait over while that step runs."""
@@ -752,17 +759,21 @@ class Run:
         Suspending cancels the run's tasks: `run()` unwinds as any cancelled coroutine does
         (an exception raised into the waits would be a value to `gather(...,
         return_exceptions=True)`, and the code after it would run on)."""
-        if self.suspend_blocks is not None or self.stopped or self.inflight or not self.blocked:
+        if self.suspend_blocks is not None or self.stopped or not self.blocked:
             return
         if self._task is None or self._task.done():
             return  # run() has ended: the run ends as it did
+        if self.inflight:
+            self._record_waits_soon()  # a step runs on: the waits go to the store without the suspension
+            return
         if any(block.wakeup.done() for block in self.blocked.values()):
             return  # a branch was poked awake
         soon = clock.now() + HOLD_WAIT
         if any(b.recorded and b.wake_at is not None and b.wake_at <= soon for b in self.blocked.values()):
             return  # that branch wakes in-process, and this is looked at again then
         if not self._all_waiting():
-            return  # looked at again when a task blocks, ends a step, or ends
+            self._record_waits_soon()  # likewise; and this is looked at again when a task blocks, ends a step, or ends
+            return
         if turn < _SETTLE_TURNS:
             asyncio.get_running_loop().call_soon(self._maybe_suspend, turn + 1)
             return
@@ -770,6 +781,18 @@ class Run:
         for task in (self._task, *self._branches):
             if task is not None and not task.done():
                 task.cancel()
+
+    def _record_waits_soon(self) -> None:
+        """Record the waits begun (a sleep, a wait for an event, a wait before a retry) that the
+        run cannot record by suspending, because other tasks of it go on: so that a crash or
+        a restart meanwhile resumes them as begun (a sleep's end, a step's attempts), not anew."""
+        queued = False
+        for block in self.blocked.values():
+            if block.write is not None and not block.recorded and not block.queued:
+                block.queued = queued = True
+                self.pending.append(block.write)
+        if queued:
+            self._record_soon()
 
     @contextlib.contextmanager
     def _busy(self) -> Iterator[None]:

@@ -8,6 +8,7 @@ import functools
 import gc
 import sqlite3
 import threading
+import time
 import weakref
 from datetime import timedelta
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 import stepstone
 from stepstone import NonRetryableError, StepContext, StepFailed, Workflow, WorkflowEvent, WorkflowStep, replay
 
-from .support import Calls, StartEngine, awaited, finish, until, wait_for_status
+from .support import Calls, Gate, StartEngine, awaited, finish, until, wait_for_status
 
 
 async def run_once(start_engine: StartEngine, workflow: type[Workflow], params: Any = None) -> stepstone.InstanceStatus:
@@ -770,6 +771,39 @@ async def test_a_run_that_awaits_on_its_own_before_waiting_suspends_once_every_t
     await wait_for_status(inst, "waiting")
     waits = {s.name: s.status for s in (await inst.describe()).steps}
     assert waits == {"nap": "waiting", "reply": "waiting"}
+    await inst.terminate()
+
+
+async def test_waits_begun_beside_a_running_step_are_recorded_while_it_runs(start_engine: StartEngine) -> None:
+    # The run cannot suspend while a step runs; its other branches' waits must reach the
+    # store anyway, or a crash meanwhile would begin them anew (a sleep's end, the attempts).
+    gate = Gate()
+
+    class Beside(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            return await asyncio.gather(
+                step.sleep("nap", "1 hour"),
+                step.do("flaky", Calls().raising("flaky", ValueError("once")), retries={"limit": 1, "delay": "1 hour"}),
+                step.wait_for_event("reply", type="reply", timeout="1 hour"),
+                step.do("long", gate.hold),
+            )
+
+    engine = await start_engine(Beside)
+    inst = await engine.workflow(Beside).create()
+    await gate.wait_entered()
+
+    async def recorded() -> dict[str, tuple[str, int]]:
+        return {s.name: (s.status, len(s.attempts)) for s in (await inst.describe()).steps}
+
+    expected = {"nap": ("waiting", 0), "flaky": ("waiting", 1), "reply": ("waiting", 0)}
+    deadline = time.monotonic() + 5
+    while (seen := await recorded()) != expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert seen == expected
+    assert (await inst.status()).status == "running"  # (the step still runs)
+    gate.release()
+    await wait_for_status(inst, "waiting")
+    assert await recorded() == expected | {"long": ("complete", 1)}
     await inst.terminate()
 
 
