@@ -299,14 +299,19 @@ def test_an_unreachable_postgres_store_is_a_one_line_error() -> None:
         assert "cannot connect to PostgreSQL at postgresql://nobody@127.0.0.1:1/nothing" in result.stderr
 
 
-def test_commands_on_a_sqlite_file_that_does_not_exist_create_none(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'typo.db'}"
+def assert_no_store_is_found(url: str, *named: str) -> None:
+    """The commands find no store at `url`: no workflow, or exit 3 with a line naming `named`."""
     assert json.loads(cli("workflows", "list", "--json", url=url).stdout) == []
     commands = (["instances", "list", "greeter"], ["trigger", "greeter"], ["instances", "describe", "greeter", "a"])
     for command in commands:
         result = cli(*command, url=url, check=False)
         assert_one_line_error(result, 3)
-        assert "no store at" in result.stderr and "typo.db" in result.stderr
+        assert all(phrase in result.stderr for phrase in named), result.stderr
+
+
+def test_commands_on_a_sqlite_file_that_does_not_exist_create_none(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'typo.db'}"
+    assert_no_store_is_found(url, "no store at", "typo.db")
     query = cli("workflows", "list", url=f"{url}?mode=ro", check=False)
     assert_one_line_error(query, 2)
     assert "?mode=ro" in query.stderr
@@ -315,12 +320,7 @@ def test_commands_on_a_sqlite_file_that_does_not_exist_create_none(tmp_path: Pat
 
 def test_commands_on_a_postgres_database_without_a_store_create_none(bare_pg_url: str) -> None:
     url = bare_pg_url
-    assert json.loads(cli("workflows", "list", "--json", url=url).stdout) == []
-    commands = (["instances", "list", "greeter"], ["trigger", "greeter"], ["instances", "describe", "greeter", "a"])
-    for command in commands:
-        result = cli(*command, url=url, check=False)
-        assert_one_line_error(result, 3)
-        assert "no store in" in result.stderr and "no schema 'stepstone'" in result.stderr
+    assert_no_store_is_found(url, "no store in", "no schema 'stepstone'")
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'stepstone'").fetchone() == (0,)
 
