@@ -63,6 +63,8 @@ T = TypeVar("T")
 
 # Loop turns to let every branch reach its next step before a run is deemed idle.
 _SETTLE_TURNS = 3
+_LOOK_AGAIN_FIRST, _LOOK_AGAIN_MAX = 0.001, 1.0
+"""Seconds before a run whose tasks do not all wait looks again, at first and at most (Run._look_again_later)."""
 
 RECORD_WAIT = 0.05
 """Seconds: how long a wait found over may wait to be recorded with the step after it
@@ -230,15 +232,25 @@ asyncio.wait, and asyncio.wait_for (which, on Python 3.11, awaits its task throu
 of its own)."""
 
 
-def _awaits_tasks(task: asyncio.Task[Any]) -> bool:
-    """Whether the task's coroutine waits, somewhere down its chain of awaits, in code that
-    waits for tasks (_WAITING_FOR_TASKS)."""
+def _awaits(task: asyncio.Task[Any]) -> tuple[bool, bool, list[Any]]:
+    """What the task's coroutine waits in, down its chain of awaits: (code that waits for
+    tasks (_WAITING_FOR_TASKS, or as_completed's), a timer of its own (asyncio.wait or
+    wait_for with a timeout, which must fire in this process, on time), what asyncio.wait
+    waits for)."""
+    for_tasks = False
+    awaited: list[Any] = []
     coro: Any = task.get_coro()
     while coro is not None:
-        if getattr(coro, "cr_code", None) in _WAITING_FOR_TASKS:
-            return True
+        code = getattr(coro, "cr_code", None)
+        if code in _WAITING_FOR_TASKS or (code is not None and code.co_name == "_wait_for_one"):
+            for_tasks = True
+            frame = getattr(coro, "cr_frame", None)
+            if frame is not None:
+                if frame.f_locals.get("timeout") is not None:
+                    return for_tasks, True, awaited
+                awaited.extend(frame.f_locals.get("fs") or ())
         coro = getattr(coro, "cr_await", None)
-    return False
+    return for_tasks, False, awaited
 
 
 def _read_outcome(future: asyncio.Future[Any]) -> None:
@@ -373,6 +385,8 @@ class Run:
         self._branches: set[asyncio.Task[Any]] = set()
         """The tasks of the run's workflow code that it started (see adopt), and any that called a step."""
         self._event_locks: dict[str, asyncio.Lock] = {}
+        self._look_again: asyncio.TimerHandle | None = None
+        self._look_delay = _LOOK_AGAIN_FIRST
         self._taking = 0
         """Commits under way that record events taken by this run's waits."""
         self._taken: list[asyncio.Future[None]] = []
@@ -405,6 +419,9 @@ class Run:
         if self._record_timer is not None:
             self._record_timer.cancel()
             self._record_timer = None
+        if self._look_again is not None:
+            self._look_again.cancel()
+            self._look_again = None
 
     async def _execute(self) -> Status | None:
         event = WorkflowEvent(
@@ -502,6 +519,11 @@ class Run:
             self._maybe_suspend()
 
     def _track_branch(self) -> None:
+        """Note the task calling a step as one of the run's; cancel the step if the run is
+        suspending (workflow code that took its cancellation for a value, or a `finally:`
+        calling a step, runs no step then: it would run ahead of the waits before it)."""
+        if self.suspend_blocks is not None:
+            raise asyncio.CancelledError("the run is suspending")
         task = asyncio.current_task()
         if task is not None:
             self._branches.add(task)
@@ -527,12 +549,31 @@ class Run:
             waiter = getattr(task, "_fut_waiter", None)  # what the task awaits (asyncio's own record)
             if waiter is None or waiter.done():
                 return False  # it runs, or is about to
-            if isinstance(waiter, gathered) or (isinstance(waiter, asyncio.Task) and waiter in self._branches):
+            for_tasks, timed, awaited = _awaits(task)
+            if timed:
+                return False
+            if isinstance(waiter, gathered):
+                awaited.extend(waiter._children)
+            elif isinstance(waiter, asyncio.Task) and waiter in self._branches:
                 continue
-            if _awaits_tasks(task):
-                continue
-            return False
+            elif not for_tasks:
+                return False
+            # Waiting for the run's tasks only: not for a thread's work or a future of its own.
+            if any(not (f.done() or f in self._branches) for f in awaited if isinstance(f, asyncio.Future)):
+                return False
         return True
+
+    def _look_again_later(self) -> None:
+        """A task of the run runs code of its own while the others wait: look again at whether
+        the run can suspend soon, then less and less often (nothing tells when such a task
+        turns to waiting for the others: the end of a TaskGroup block, `await task`)."""
+        if self._look_again is None:
+            delay, self._look_delay = self._look_delay, min(self._look_delay * 2, _LOOK_AGAIN_MAX)
+            self._look_again = asyncio.get_running_loop().call_later(delay, self._looked_again)
+
+    def _looked_again(self) -> None:
+        self._look_again = None
+        self._maybe_suspend()
 
     async def _end(
         self,
@@ -740,6 +781,7 @@ class Run:
         """Wait until `wake_at` (or a poke); cancelled if the run suspends first."""
         block = _Block(wake_at, write, wait_type, recorded)
         self.blocked[key] = block
+        self._look_delay = _LOOK_AGAIN_FIRST
         self._maybe_suspend()
         timer = None if wake_at is None else _Alarm(wake_at, block.wakeup)
         try:
@@ -765,14 +807,15 @@ class Run:
             return  # run() has ended: the run ends as it did
         if self.inflight:
             self._record_waits_soon()  # a step runs on: the waits go to the store without the suspension
-            return
+            return  # (looked at again when it ends)
         if any(block.wakeup.done() for block in self.blocked.values()):
             return  # a branch was poked awake
         soon = clock.now() + HOLD_WAIT
         if any(b.recorded and b.wake_at is not None and b.wake_at <= soon for b in self.blocked.values()):
             return  # that branch wakes in-process, and this is looked at again then
         if not self._all_waiting():
-            self._record_waits_soon()  # likewise; and this is looked at again when a task blocks, ends a step, or ends
+            self._record_waits_soon()  # likewise
+            self._look_again_later()
             return
         if turn < _SETTLE_TURNS:
             asyncio.get_running_loop().call_soon(self._maybe_suspend, turn + 1)
@@ -806,6 +849,7 @@ class Run:
         """A step stopped running (the end of `_busy`): suspend if it was the last and the rest wait."""
         self.inflight -= 1
         if not self.inflight and self.blocked:
+            self._look_delay = _LOOK_AGAIN_FIRST
             self._maybe_suspend()
 
     # -- steps ------------------------------------------------------------------------------

@@ -774,6 +774,83 @@ async def test_a_run_that_awaits_on_its_own_before_waiting_suspends_once_every_t
     await inst.terminate()
 
 
+@pytest.mark.parametrize("shape", ["task-group", "await-task", "own-await-then-task"])
+async def test_a_run_that_turns_from_its_own_code_to_waiting_for_its_tasks_suspends(
+    start_engine: StartEngine, shape: str
+) -> None:
+    # Nothing tells the run when a task goes from running its own code (a step, an
+    # asyncio.sleep) to waiting for the others (the end of a TaskGroup block, `await task`).
+    class Turns(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            if shape == "task-group":
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(awaited(step.sleep("nap", "1 hour")))
+                    await step.do("a", lambda: 1)
+                return 1
+            nap = asyncio.ensure_future(step.sleep("nap", "1 hour"))
+            if shape == "await-task":
+                await step.do("a", lambda: 1)
+            else:
+                await asyncio.sleep(0.05)
+            await nap
+            return 1
+
+    engine = await start_engine(Turns)
+    inst = await engine.workflow(Turns).create()
+    await wait_for_status(inst, "waiting", timeout=3)
+    await inst.terminate()
+
+
+async def test_an_in_process_timeout_around_a_wait_and_a_thread_racing_one_are_kept(start_engine: StartEngine) -> None:
+    # The run does not suspend under a timer or a thread's work of the workflow's own: a
+    # replay would begin them anew, and they would never win against the durable wait.
+    class Races(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            try:
+                await asyncio.wait_for(step.sleep("nap", "400 ms"), 0.1)
+                timed = "slept"
+            except TimeoutError:
+                timed = "timed out"
+            def work_of_its_own() -> int:
+                time.sleep(0.2)
+                return 42
+
+            work: asyncio.Future[Any] = asyncio.get_running_loop().run_in_executor(None, work_of_its_own)
+            deadline: asyncio.Future[Any] = asyncio.ensure_future(step.sleep("deadline", "1 hour"))
+            done, _ = await asyncio.wait([work, deadline], return_when=asyncio.FIRST_COMPLETED)
+            deadline.cancel()
+            return [timed, work.result() if work in done else "deadline"]
+
+    assert (await run_once(start_engine, Races)).output == ["timed out", 42]
+
+
+async def test_a_step_called_while_the_run_suspends_does_not_run(start_engine: StartEngine) -> None:
+    # Cleanup in a `finally:`, or code that swallowed the run's cancellation, would run its
+    # step ahead of the wait before it, and a replay would find it done.
+    calls = Calls()
+
+    class Cleanup(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            try:
+                approval = await step.wait_for_event("approval", type="approval", timeout="1 hour")
+            finally:
+                await step.do("release", calls.returning("release"))
+            with contextlib.suppress(asyncio.CancelledError):  # (code that should not: it swallows the suspension)
+                await step.sleep("nap", "1 hour")
+            await step.do("after", calls.returning("after"))
+            return approval.payload
+
+    engine = await start_engine(Cleanup)
+    inst = await engine.workflow(Cleanup).create()
+    await wait_for_status(inst, "waiting")
+    assert [s.name for s in (await inst.describe()).steps] == ["approval"] and calls.log == []
+    await inst.send_event("approval", "yes")
+    await until(lambda: calls.log == ["release"], "the release, once approved")
+    await wait_for_status(inst, "waiting")
+    assert calls.log == ["release"]  # not "after", whose sleep was not over
+    await inst.terminate()
+
+
 async def test_waits_begun_beside_a_running_step_are_recorded_while_it_runs(start_engine: StartEngine) -> None:
     # The run cannot suspend while a step runs; its other branches' waits must reach the
     # store anyway, or a crash meanwhile would begin them anew (a sleep's end, the attempts).
