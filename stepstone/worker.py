@@ -161,8 +161,12 @@ class Worker:
     def expect(self, at: float) -> None:
         """An instance released by this worker falls due at `at`: look then (no claim now)."""
         self._expected.append(at)
-        if at - CLAIM_AHEAD < self._look_at:
-            self._look_at = at - CLAIM_AHEAD
+        self._look_by(at - CLAIM_AHEAD)
+
+    def _look_by(self, at: float) -> None:
+        """Look for work at `at` at the latest."""
+        if at < self._look_at:
+            self._look_at = at
             self._interrupt_sleep()  # to sleep again until the new `_look_at`
 
     async def _sleep_until_next_look(self) -> None:
@@ -362,9 +366,7 @@ class Worker:
             # others' leases only: look when this one has lapsed, to run it again.
             at = clock.now() + self.lease_seconds + LAPSED
             self._lapsing.append(at)
-            if at < self._look_at:
-                self._look_at = at
-                self._interrupt_sleep()
+            self._look_by(at)
         settled = timer is not None or ended in ("complete", "errored", "terminated", "paused")
         if self._full or not settled:
             self.wake()
