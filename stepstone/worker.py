@@ -262,7 +262,7 @@ class Worker:
             if not self._full and self._expected:  # released while the claim ran: not seen by it
                 self._look_at = min(self._look_at, min(self._expected) - CLAIM_AHEAD)
             if self._lapsing:
-                if free > 0:  # a claim ran: it took the leases lapsed before it began
+                if free > 0 and not failed:  # a claim ran: it took the leases lapsed before it began
                     self._lapsing = [at for at in self._lapsing if at > now]
                 if self._lapsing:
                     self._look_at = min(self._look_at, min(self._lapsing))
