@@ -232,6 +232,11 @@ asyncio.wait, and asyncio.wait_for (which, on Python 3.11, awaits its task throu
 of its own)."""
 
 
+def _in_asyncio(code: Any) -> bool:
+    """Whether `code` is asyncio's own (as_completed's `_wait_for_one`, not a namesake of the workflow's)."""
+    return bool(code.co_filename == asyncio.tasks.__file__)
+
+
 def _awaits(task: asyncio.Task[Any]) -> tuple[bool, bool, list[Any]]:
     """What the task's coroutine waits in, down its chain of awaits: (code that waits for
     tasks (_WAITING_FOR_TASKS, or as_completed's), a timer of its own (asyncio.wait or
@@ -242,7 +247,7 @@ def _awaits(task: asyncio.Task[Any]) -> tuple[bool, bool, list[Any]]:
     coro: Any = task.get_coro()
     while coro is not None:
         code = getattr(coro, "cr_code", None)
-        if code in _WAITING_FOR_TASKS or (code is not None and code.co_name == "_wait_for_one"):
+        if code in _WAITING_FOR_TASKS or (code is not None and code.co_name == "_wait_for_one" and _in_asyncio(code)):
             for_tasks = True
             frame = getattr(coro, "cr_frame", None)
             if frame is not None:
