@@ -80,6 +80,18 @@ class _Started:
                     return done.value
 
 
+def _in_thread(loop: asyncio.AbstractEventLoop, call: Callable[[], Any]) -> Any:
+    """Call a sync step function in its thread, with the engine's loop as the thread's event
+    loop: what it calls to make the awaitable it returns (`lambda: asyncio.gather(a(), b())`,
+    ensure_future) then finds that loop, where the awaitable is awaited, as it would in a
+    coroutine. (The thread does not run the loop: asyncio.run() still works in it.)"""
+    asyncio.set_event_loop(loop)
+    try:
+        return call()
+    finally:
+        asyncio.set_event_loop(None)
+
+
 def _overran(key: StepKey, attempt: int, timeout: float) -> StepTimeoutError:
     return StepTimeoutError(f"step {key.name!r} attempt {attempt} ran over its timeout of {timeout:g} s")
 
@@ -108,7 +120,7 @@ async def run(fn: Callable[..., Any], key: StepKey, attempt: int, config: StepCo
                     result = await _Started(coro, yielded)
         else:
             async with asyncio.timeout_at(deadline) as limit:
-                result = await loop.run_in_executor(executor, contextvars.copy_context().run, call)
+                result = await loop.run_in_executor(executor, contextvars.copy_context().run, _in_thread, loop, call)
                 if inspect.isawaitable(result):
                     result = await result
     except TimeoutError:

@@ -19,10 +19,12 @@ import contextlib
 import contextvars
 import json
 import logging
+import sys
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any, TypeVar
 
 from stepstone import attempts, clock, serialization
@@ -161,7 +163,7 @@ _branch: contextvars.ContextVar[_Branch | None] = contextvars.ContextVar("stepst
 class _Origin:
     """Where a task of a run was created: its position among the tasks its parent created."""
 
-    __slots__ = ("_task", "created", "path", "run")
+    __slots__ = ("_reserved", "_task", "created", "path", "run")
 
     def __init__(self, path: str, run: weakref.ref[Run]) -> None:
         self.path = path
@@ -169,6 +171,9 @@ class _Origin:
         """The run whose workflow code the task runs (held weakly, as the task's context holds this)."""
         self.created = 0
         self._task: weakref.ref[asyncio.Task[Any]] | None = None
+        self._reserved: tuple[Sequence[Any], dict[int, int]] | None = None
+        """The list of an as_completed call making tasks now, and the positions reserved
+        for those of its coroutines not yet made into tasks (by id)."""
 
     def take(self, task: asyncio.Task[Any] | None) -> bool:
         """Whether `task` is the one created here: the first task of the run to ask is
@@ -179,10 +184,55 @@ class _Origin:
             return True
         return self._task() is task
 
-    def child(self) -> _Origin:
-        path = f"{self.path}.{self.created}" if self.path else str(self.created)
-        self.created += 1
+    def child(self, coro: object) -> _Origin:
+        """The origin of a task made now of `coro` by this origin's task."""
+        position = self._position_in_as_completed(coro)
+        if position is None:
+            position = self.created
+            self.created += 1
+        path = f"{self.path}.{position}" if self.path else str(position)
         return _Origin(path, self.run)
+
+    def _position_in_as_completed(self, coro: object) -> int | None:
+        """Where the task of `coro` goes, if asyncio.as_completed is making it now out of
+        a list of coroutines: by the coroutine's place in that list. as_completed makes
+        its tasks in the order of a set (by object id), which differs from one replay to
+        the next, so the order of creation would give branches other paths each time.
+        The positions of all its coroutines are reserved at the first one's, so tasks
+        made later number on after them."""
+        given = _as_completed_list()
+        if given is None:
+            return None
+        if self._reserved is None or self._reserved[0] is not given:
+            reserved: dict[int, int] = {}
+            for aw in given:
+                if asyncio.iscoroutine(aw):
+                    reserved.setdefault(id(aw), self.created + len(reserved))
+            self._reserved = given, reserved
+            self.created += len(reserved)
+        positions = self._reserved[1]
+        position = positions.pop(id(coro), None)
+        if not positions:
+            self._reserved = None  # (all made: let go of the list)
+        return position
+
+
+_AS_COMPLETED = asyncio.as_completed.__code__
+
+
+def _as_completed_list() -> Sequence[Any] | None:
+    """The list or tuple given to asyncio.as_completed, if as_completed is what makes a task
+    now (a few frames up: the loop's create_task, ensure_future, its set comprehension or,
+    on Python 3.13, its iterator's __init__)."""
+    frame: FrameType | None = sys._getframe(3)  # (above _position_in_as_completed, child and the task factory)
+    for _ in range(8):
+        if frame is None:
+            return None
+        if frame.f_code is _AS_COMPLETED:
+            given = frame.f_locals.get("fs")
+            return given if isinstance(given, list | tuple) else None
+        frame = frame.f_back
+    return None
 
 
 _origin: contextvars.ContextVar[_Origin | None] = contextvars.ContextVar("stepstone_origin", default=None)
@@ -201,7 +251,7 @@ def _task_factory(previous: Any) -> Any:
         if parent is not None:
             context = options.get("context") or contextvars.copy_context()
             if context.get(_origin) is parent:
-                context.run(_origin.set, parent.child())
+                context.run(_origin.set, parent.child(coro))
                 run = parent.run()
             options["context"] = context
         task = asyncio.Task(coro, loop=loop, **options) if previous is None else previous(loop, coro, **options)

@@ -73,6 +73,23 @@ async def test_step_do_awaits_what_a_lambda_returns_when_it_is_awaitable(start_e
     assert (await run_once(start_engine, LambdaAwaitable, {"topic": "tides"})).output == "draft about tides"
 
 
+async def test_a_lambda_may_return_what_asyncio_makes_on_the_loop(start_engine: StartEngine) -> None:
+    # As Cloudflare's `() => Promise.all([...])`: the lambda runs in a thread, which finds
+    # the engine's loop for gather and ensure_future; a sync step can still asyncio.run().
+    async def fetch(i: int) -> int:
+        await asyncio.sleep(0.01)
+        return i
+
+    class Together(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            both = await step.do("both", lambda: asyncio.gather(fetch(1), fetch(2)), retries={"limit": 0})
+            one = await step.do("one", lambda: asyncio.ensure_future(fetch(3)), retries={"limit": 0})
+            own = await step.do("own loop", lambda: asyncio.run(fetch(4)), retries={"limit": 0})
+            return [both, one, own]
+
+    assert (await run_once(start_engine, Together)).output == [[1, 2], 3, 4]
+
+
 async def test_sync_step_function_runs_in_a_thread_not_on_the_event_loop(start_engine: StartEngine) -> None:
     class WhereItRuns(Workflow):
         async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
@@ -405,6 +422,34 @@ async def test_steps_in_a_task_group_keep_their_identity_across_a_replay(start_e
 
     assert (await run_once(start_engine, InTaskGroup)).output == ["a.png", "b.png"]
     assert sorted(calls.log) == ["upload-1", "upload-2"]
+
+
+async def test_steps_in_as_completed_over_coroutines_keep_their_identity_across_replays(
+    start_engine: StartEngine,
+) -> None:
+    # as_completed makes its tasks in the order of a set of the coroutines (by object id),
+    # which differs from one replay to the next: branches are placed by the list instead.
+    calls = Calls()
+
+    class Completing(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            async def leaf(j: int) -> list[int]:
+                first = await step.do("s", calls.returning(f"s {j}", j))
+                await step.sleep("nap", "10 ms")  # the run is replayed after this
+                second = await step.do("t", calls.returning(f"t {j}", j))
+                return [j, first, second]
+
+            async def later() -> int:
+                return int(await step.do("s", calls.returning("later", 99)))
+
+            finished = [await done for done in asyncio.as_completed([leaf(j) for j in range(8)])]
+            after = await asyncio.gather(later())  # a task made after them is numbered after them
+            await step.sleep("replay", "10 ms")
+            return [*sorted(finished), *after]
+
+    output = (await run_once(start_engine, Completing)).output
+    assert output == [[j, j, j] for j in range(8)] + [99]
+    assert sorted(calls.log) == sorted([f"s {j}" for j in range(8)] + [f"t {j}" for j in range(8)] + ["later"])
 
 
 async def test_branches_calling_one_step_name_after_waits_of_different_lengths_keep_their_steps(
