@@ -847,7 +847,18 @@ class Run:
             self.blocked.pop(key, None)
             _read_outcome(block.wakeup)
             del block
+        if recorded and wake_at is not None:
+            await self._still_leased()
         self._maybe_suspend()  # the other branches may wait long: suspend if this one ends here
+
+    async def _still_leased(self) -> None:
+        """After a recorded wait held in-process to its end (see HOLD_WAIT): the instance
+        showed `running` meanwhile, though it only waited, so a pause, terminate, restart
+        or delete from another process may have come without this worker hearing of it
+        yet. Read the lease before a step starts: stop if it is gone, pause if asked."""
+        status = await self._guard(lambda: self.store.lease_status(self.claim.pk, self.claim.token))
+        if status == "waitingForPause":
+            self.pause_requested = True
 
     def _maybe_suspend(self, turn: int = 0) -> None:
         """Suspend once every task of the run waits and no step runs, after letting the loop

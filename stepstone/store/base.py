@@ -356,6 +356,10 @@ class Store(Protocol):
     async def next_event(self, pk: int, type: str) -> EventRecord | None:
         """The first-sent event of `type` not yet taken by a step."""
 
+    async def lease_status(self, pk: int, token: int) -> Status:
+        """The instance's status if `token` still holds its lease (running, or
+        waitingForPause once a pause was asked); LeaseLostError if not. Reads only."""
+
     async def write(self, run: RunWrite) -> Status:
         """Record a run's steps and end, in one commit, if `run.token` still holds the lease.
 

@@ -616,6 +616,13 @@ class PostgresStore:
         rows = await self._fetch(queries.NEXT_EVENT, (pk, type))
         return EventRecord(*rows[0]) if rows else None
 
+    async def lease_status(self, pk: int, token: int) -> Status:
+        rows = await self._fetch(queries.LEASED_STATUS, (pk, token))
+        if not rows:
+            raise LeaseLostError(f"instance {pk} is no longer leased with token {token}")
+        status: Status = rows[0][0]
+        return status
+
     async def write(self, run: RunWrite) -> Status:
         # A step recorded by a run that goes on is one statement (record_step, touching), and
         # so is an end that records no step and wakes no other worker (END_FINISHED, END_RUN).

@@ -353,6 +353,10 @@ FROM {s}.events e LEFT JOIN {s}.steps s ON s.seq = e.consumed_by
 WHERE e.instance_pk = %s ORDER BY e.seq
 """
 
+LEASED_STATUS = """
+SELECT status FROM {s}.instances WHERE pk = %s AND lease_token = %s AND lease_owner IS NOT NULL
+"""
+
 NEXT_EVENT = """
 SELECT seq, type, payload, sent_at FROM {s}.events
 WHERE instance_pk = %s AND type = %s AND consumed_by IS NULL ORDER BY seq LIMIT 1

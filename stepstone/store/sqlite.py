@@ -531,6 +531,12 @@ class SqliteStore:
 
         return await self._read(read)
 
+    async def lease_status(self, pk: int, token: int) -> Status:
+        def read(conn: sqlite3.Connection) -> Status:
+            return _leased_status(conn, pk, token)
+
+        return await self._read(read)
+
     async def write(self, run: RunWrite) -> Status:
         kept: list[bool] | None = [] if run.wait_types else None
         status = await self._write(lambda conn: _write_run(conn, run, kept), solo=_solo_write(run))
@@ -683,18 +689,23 @@ def _discard_history(conn: sqlite3.Connection, pk: int, from_step: StepKey | Non
     conn.execute("DELETE FROM steps WHERE instance_pk = ? AND seq >= ?", (pk, first))
 
 
+def _leased_status(conn: sqlite3.Connection, pk: int, token: int) -> Status:
+    """The instance's status if `token` holds its lease; LeaseLostError if not."""
+    # The token names this lease; a lease given up (the run ended, a pause took effect) has no owner.
+    row = conn.execute(
+        "SELECT status FROM instances WHERE pk = ? AND lease_token = ? AND lease_owner IS NOT NULL", (pk, token)
+    ).fetchone()
+    if row is None:
+        raise LeaseLostError(f"instance {pk} is no longer leased with token {token}")
+    status: Status = row[0]
+    return status
+
+
 def _write_run(conn: sqlite3.Connection, run: RunWrite, kept: list[bool] | None = None) -> Status:
     """Record the run's write (the lease checked first); its status after. If the run stops
     to wait for events of which one is kept already, it is due at once, and `kept` says so."""
-    # The token names this lease; a lease given up (the run ended, a pause took effect) has no owner.
     # The write lock is held (BEGIN IMMEDIATE), so reading the fence is enough.
-    row = conn.execute(
-        "SELECT status FROM instances WHERE pk = ? AND lease_token = ? AND lease_owner IS NOT NULL",
-        (run.pk, run.token),
-    ).fetchone()
-    if row is None:
-        raise LeaseLostError(f"instance {run.pk} is no longer leased with token {run.token}")
-    status: str = row[0]
+    status = _leased_status(conn, run.pk, run.token)
     touch = not run.steps
     for step in run.steps:
         seq, added = _record_step(conn, run.pk, step, run.now)
@@ -719,7 +730,7 @@ def _write_run(conn: sqlite3.Connection, run: RunWrite, kept: list[bool] | None 
         # A write that only adds steps is dated by them (_LAST_UPDATE); any other moves updated_at.
         conn.execute("UPDATE instances SET updated_at = ? WHERE pk = ?", (run.now, run.pk))
     if run.end is None:
-        return status  # type: ignore[return-value]
+        return status
     wake_at = run.wake_at
     if run.end in ("waiting", "paused") and run.wait_types:
         pending = conn.execute(

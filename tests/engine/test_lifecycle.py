@@ -605,6 +605,45 @@ async def test_deleted_id_can_be_created_again_as_a_fresh_instance(states: State
     assert states.calls.count("begin:again") == 2  # no history survived the delete
 
 
+@pytest.mark.parametrize("op", ["pause", "terminate", "delete"])
+async def test_a_step_after_a_timer_held_in_process_does_not_start_once_stopped_elsewhere(
+    start_engine: StartEngine, monkeypatch: pytest.MonkeyPatch, op: str
+) -> None:
+    # A worker takes an instance a moment before its timer is due and waits the rest out
+    # in-process: the instance shows `running` meanwhile. An operation through another
+    # engine (another process, say) in that moment must still keep the next step from
+    # starting. (The moment is widened here from 50 ms to 1 s.)
+    from stepstone import replay, worker
+
+    monkeypatch.setattr(worker, "CLAIM_AHEAD", 1.0)
+    monkeypatch.setattr(replay, "HOLD_WAIT", 2.0)
+    calls = Calls()
+
+    class Napper(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            await step.sleep("nap", "1.5 seconds")
+            return await step.do("after", calls.returning("after", "after"))
+
+    engine = await start_engine(Napper)
+    client = await start_engine(Napper, worker=False)
+    inst = await engine.workflow(Napper).create()
+    await wait_for_status(inst, "waiting")
+    elsewhere = await client.workflow(Napper).get(inst.id)
+    await wait_for_status(elsewhere, "running")  # taken early: the timer is held in-process
+    await getattr(elsewhere, op)()
+    await until(lambda: not engine.runs_here(inst._pk), "the run to stop")
+    assert calls.log == []
+    if op == "delete":
+        with pytest.raises(InstanceNotFoundError):
+            await inst.status()
+        return
+    assert (await inst.status()).status == ("paused" if op == "pause" else "terminated")
+    if op == "pause":
+        await inst.resume()
+        assert (await finish(inst)).output == "after"
+        assert calls.log == ["after"]
+
+
 async def test_a_run_that_finds_its_instance_terminated_elsewhere_when_it_records_stops_quietly(
     start_engine: StartEngine, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -248,6 +248,19 @@ async def test_terminate_and_restart_revoke_the_running_lease(store: Store, op: 
     assert await store.renew_leases("w1", {leased.pk: leased.token}, T0 + 100) == {leased.pk}
 
 
+async def test_lease_status_reads_the_status_while_the_lease_holds(store: Store) -> None:
+    leased = await start(store, "x")
+    assert await store.lease_status(leased.pk, leased.token) == "running"
+    await store.control(WF, "x", "pause", T0 + 1)
+    assert await store.lease_status(leased.pk, leased.token) == "waitingForPause"
+    with pytest.raises(LeaseLostError):
+        await store.lease_status(leased.pk, leased.token + 1)
+    await store.control(WF, "x", "terminate", T0 + 2)
+    with pytest.raises(LeaseLostError):
+        await store.lease_status(leased.pk, leased.token)
+    assert (await store.get_instance(WF, "x")).status == "terminated"  # (a read: nothing changed)
+
+
 async def test_restart_discards_the_history_and_the_events_taken(store: Store) -> None:
     leased = await start(store, "x")
     seq = await store.send_event(WF, "x", "approval", '{"ok": true}', T0)
