@@ -599,7 +599,13 @@ class Run:
         blocked = {block.task for block in self.blocked.values()}
         gathered = asyncio.tasks._GatheringFuture  # type: ignore[attr-defined]
         for task in (self._task, *self._branches):
-            if task is None or task.done() or task in blocked:
+            if task is None or task.done():
+                continue
+            if task in blocked:
+                # From Python 3.12, wait_for awaits a coroutine in the task itself (earlier, in
+                # a task of its own): a wait under its timeout is found by walking the chain.
+                if _awaits(task)[1]:
+                    return False
                 continue
             waiter = getattr(task, "_fut_waiter", None)  # what the task awaits (asyncio's own record)
             if waiter is None or waiter.done():

@@ -521,7 +521,7 @@ async def test_steps_recorded_before_schema_3_are_found_by_their_occurrence_in_c
     inst = await engine.workflow(Upgraded).create()
     await asyncio.wait_for(napping.wait(), 10)
     if store_url.startswith("sqlite"):
-        with sqlite3.connect(store_url.removeprefix("sqlite:///")) as conn:
+        with contextlib.closing(sqlite3.connect(store_url.removeprefix("sqlite:///"))) as conn, conn:
             conn.execute("UPDATE steps SET branch = NULL")
     else:
         async with await psycopg.AsyncConnection.connect(store_url, autocommit=True) as pg:
@@ -1039,7 +1039,7 @@ async def test_result_that_is_not_json_fails_the_step_with_type_error_and_no_ret
         "bytes": b"bytes",
         "bool key deep in a tuple": ([{"a": {True: "x"}}],),
         "None key": {None: 1},
-        "nested past what JSON writes": nested(5000),
+        "nested past what JSON writes": nested(100_000),
         "a number past what JSON writes": 10**5000,
     }
 
