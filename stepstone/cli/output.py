@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import datetime
 from typing import Any
 
@@ -49,6 +50,8 @@ def workflows(rows: list[dict[str, Any]], as_json: bool) -> None:
 def instance_list(details: list[InstanceDetail], next_cursor: str | None, as_json: bool) -> None:
     if as_json:
         print_json([d.as_dict(steps=False) for d in details])
+        if next_cursor is not None:  # (stdout stays the bare array; the way on goes beside it)
+            print(f"more: --cursor {next_cursor}", file=sys.stderr)
         return
     from rich.table import Table
 

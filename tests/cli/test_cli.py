@@ -120,6 +120,16 @@ def test_trigger_generates_an_id_and_lists_show_it(registered: str) -> None:
     assert {"id", "status", "params", "output", "error", "steps"} <= set(latest)
 
 
+def test_instances_list_json_pages_with_the_cursor_on_stderr(registered: str) -> None:
+    for who in ("a", "b", "c"):
+        cli("trigger", "greeter", "--params", json.dumps({"who": who}), "--id", who, url=registered)
+    first = cli("instances", "list", "greeter", "--json", "--limit", "2", url=registered)
+    assert [row["id"] for row in json.loads(first.stdout)] == ["c", "b"]
+    cursor = first.stderr.split("--cursor ")[1].split()[0]
+    last = cli("instances", "list", "greeter", "--json", "--limit", "2", "--cursor", cursor, url=registered)
+    assert ([row["id"] for row in json.loads(last.stdout)], last.stderr) == (["a"], "")
+
+
 def test_lifecycle_commands_and_their_exit_codes(registered: str) -> None:
     cli("trigger", "greeter", "--params", '{"who": "cy"}', "--id", "c-1", url=registered)
     paused = json.loads(cli("instances", "pause", "greeter", "c-1", "--json", url=registered).stdout)
