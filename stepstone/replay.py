@@ -19,6 +19,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import math
 import sys
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
@@ -402,8 +403,10 @@ class Run:
         found again as they were then, by occurrence number in the run's order of calls."""
         self.called: dict[tuple[StepKind, str], int] = {}
         """Calls of each kind and name so far in the run, all branches together (for `legacy`)."""
-        self.top: dict[tuple[StepKind, str], int] = {}
-        """The highest occurrence number of each kind and name, recorded or given in this run."""
+        self.recorded_counts: dict[tuple[StepKind, str], set[int]] = {}
+        """The occurrence numbers of each kind and name in the history."""
+        self.next_count: dict[tuple[StepKind, str], int] = {}
+        """Where the search for the next free occurrence number of each kind and name begins."""
         self.first_call_paths = False
         """Whether the history has steps recorded in branches numbered by first call (_Branch.by_first_call)."""
         for record in history:
@@ -413,7 +416,7 @@ class Run:
             else:
                 self.calls[(kind, name, record.branch)] = record
                 self.first_call_paths = self.first_call_paths or record.branch[:1].isdigit()
-            self.top[(kind, name)] = max(self.top.get((kind, name), 0), count)
+            self.recorded_counts.setdefault((kind, name), set()).add(count)
         self.branches: dict[StepKey, str] = {}
         """Where each step new to the history was called, to record with it."""
         self.identity = object()
@@ -427,6 +430,11 @@ class Run:
         self._recording: asyncio.Task[None] | None = None
         self._record_timer: asyncio.TimerHandle | None = None
         self.pause_requested = False
+        self.lease_doubtful_at = math.inf
+        """When the worker's renewals of the lease are overdue (set by the worker): past this,
+        the process may have been stopped or its loop blocked long enough for the lease to
+        lapse and another worker to take the instance over, and the run reads its lease
+        before it starts a step's function."""
         self.suspend_blocks: list[_Block] | None = None
         self.stopped = False
         self.ending = False
@@ -495,7 +503,10 @@ class Run:
         except Exception as exc:  # the workflow's own code failed before run() began
             name, message = _error_of(exc)
             return await self._end("errored", error={"name": name, "message": message})
-        task = self._task = loop.create_task(run, context=context)
+        # A Task made directly, not by the loop's factory: an eager one (Python 3.12's
+        # eager_task_factory) would run the workflow up to its first wait before the run
+        # knows its task, and that wait could not suspend it. (Branches keep the factory.)
+        task = self._task = asyncio.Task(run, loop=loop, context=context)
         self.root.task = task
         # Told by a callback, as asyncio.wait would but cheaper (no set, no callbacks to
         # remove); not by awaiting the task, whose failure raised here would make a
@@ -858,10 +869,12 @@ class Run:
         self._maybe_suspend()  # the other branches may wait long: suspend if this one ends here
 
     async def _still_leased(self) -> None:
-        """After a recorded wait held in-process to its end (see HOLD_WAIT): the instance
-        showed `running` meanwhile, though it only waited, so a pause, terminate, restart
-        or delete from another process may have come without this worker hearing of it
-        yet. Read the lease before a step starts: stop if it is gone, pause if asked."""
+        """Read the lease before a step starts: stop if it is gone, pause if asked. Called
+        when the run may have missed a change made elsewhere: after a recorded wait held
+        in-process to its end (see HOLD_WAIT; the instance showed `running` meanwhile,
+        though it only waited, so a pause, terminate, restart or delete from another process
+        may have come without this worker hearing of it), and once the lease's renewals
+        are overdue (lease_doubtful_at)."""
         status = await self._guard(lambda: self.store.lease_status(self.claim.pk, self.claim.token))
         if status == "waitingForPause":
             self.pause_requested = True
@@ -950,7 +963,14 @@ class Run:
                 record = self.legacy.get((kind, name, nth))
         if record is not None:
             return record.key
-        count = self.top[(kind, name)] = self.top.get((kind, name), 0) + 1
+        # The lowest number not recorded: after a crash, steps that were not recorded yet
+        # (concurrent ones of one name) get the numbers they had, if called in the same order.
+        count = self.next_count.get((kind, name), 1)
+        recorded = self.recorded_counts.get((kind, name))
+        if recorded:
+            while count in recorded:
+                count += 1
+        self.next_count[(kind, name)] = count + 1
         key = StepKey(kind, name, count)
         self.branches[key] = where
         return key
@@ -998,6 +1018,8 @@ class Run:
             await self._block(key, record.due_at, None, recorded=True)  # a retry wait, already recorded
         logged: list[Attempt] = []
         while True:
+            if clock.now() >= self.lease_doubtful_at:
+                await self._still_leased()
             if self.pause_requested:
                 await self._block(key, None, None)
             attempt += 1

@@ -62,6 +62,8 @@ def _pid_alive(pid: int) -> bool:
 @dataclass
 class _Active:
     claim: Claim
+    lease_until: float
+    """The term of the lease as this worker last set it (at the claim, at each renewal)."""
     task: asyncio.Task[None] | None = None
     run: Run | None = None
 
@@ -208,7 +210,7 @@ class Worker:
             if record.status == "running":
                 claim = Claim(record.pk, record.workflow, record.id, record.params_json, record.created_at, FIRST_TOKEN,
                               resumed=False)  # fmt: skip
-                self._start(claim)
+                self._start(claim, lease.until)
 
     def poke(self, pk: int) -> None:
         """An event was sent to instance `pk`: if it runs here, its waits look at once."""
@@ -276,7 +278,7 @@ class Worker:
             self.id, names, free, now, now + self.lease_seconds, due_by=horizon, expect_work=woken
         )
         for claim in batch.claims:
-            self._start(claim)
+            self._start(claim, now + self.lease_seconds)
         self._full = len(batch.claims) >= free
         return batch.next_wake_at
 
@@ -296,12 +298,17 @@ class Worker:
                 tokens = {pk: a.claim.token for pk, a in self.active.items()}
                 now = clock.now()
                 if tokens:
-                    for pk in await self.store.renew_leases(self.id, tokens, now + self.lease_seconds):
+                    lost = await self.store.renew_leases(self.id, tokens, now + self.lease_seconds)
+                    for pk in lost:
                         active = self.active.get(pk)
                         if active is None or active.run is None or active.run.ending:
                             continue  # ended meanwhile: it gave its lease up
                         log.warning("lost the lease of instance %r; abandoning its run", active.claim.id)
                         self.revoke(pk)
+                    for pk, token in tokens.items():
+                        active = self.active.get(pk)
+                        if pk not in lost and active is not None and active.claim.token == token:
+                            self._renewed(active, now + self.lease_seconds)
                 if tokens or now - last_seen >= SEEN_EVERY:
                     await self.store.worker_seen(self.id, self.host, os.getpid(), now)
                     last_seen = now
@@ -321,11 +328,20 @@ class Worker:
 
     # -- runs -------------------------------------------------------------------------------
 
-    def _start(self, claim: Claim) -> None:
+    def _renewed(self, active: _Active, until: float) -> None:
+        """The lease of `active` now runs until `until`; its run reads the lease before a
+        step once a third of a term has passed without a renewal after that (the heartbeat
+        renews every third of a term at the latest: the process was stopped, or its loop
+        blocked, and another worker may have taken the instance over meanwhile)."""
+        active.lease_until = until
+        if active.run is not None:
+            active.run.lease_doubtful_at = until - self.lease_seconds / 3
+
+    def _start(self, claim: Claim, lease_until: float) -> None:
         previous = self.active.get(claim.pk)
         if previous is not None and previous.run is not None:  # our own lease expired; we took it again
             previous.run.stop()
-        active = _Active(claim)
+        active = _Active(claim, lease_until)
         active.task = asyncio.create_task(self._run(claim, active), name=f"stepstone-run-{claim.id}")
         self.active[claim.pk] = active
         self.on_start(claim.pk)
@@ -339,6 +355,7 @@ class Worker:
                 history = await self.store.load_steps(claim.pk) if claim.resumed else []
             workflow_class = self.workflows[claim.workflow]
             active.run = Run(self.store, claim, workflow_class, history, limits=self.limits, executor=self.executor)
+            self._renewed(active, active.lease_until)
             ended = await active.run.execute()
         except asyncio.CancelledError:
             raise

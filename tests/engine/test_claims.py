@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ from stepstone import Engine, Workflow, WorkflowEvent, WorkflowStep, replay
 from stepstone.store import sqlite_changes
 from stepstone.store.base import Claim, ClaimBatch, Store
 
-from .support import StartEngine, finish
+from .support import Calls, StartEngine, finish, until
 
 
 class CountingClaims:
@@ -104,6 +105,41 @@ async def test_a_run_stopped_by_a_failing_store_runs_again_once_its_own_lease_la
         began = time.monotonic()
         assert (await inst.wait(timeout=10)).output == {"n": 7}
         assert time.monotonic() - began < 5
+
+
+async def test_a_worker_held_up_past_its_lease_does_not_start_a_step_another_worker_ran(store_url: str) -> None:
+    # A worker process stopped (SIGSTOP) or its event loop blocked past its lease: another
+    # worker (here: an engine on a thread of its own) takes the instance over and finishes
+    # it. When the first goes on, it must not start a step function the other already ran:
+    # its renewals being overdue, it reads its lease first, finds it gone, and stops.
+    calls = Calls()
+    held_up = threading.Event()
+
+    class Stalls(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            await step.do("a", calls.returning("a", "a"))
+            if not held_up.is_set():
+                held_up.set()
+                time.sleep(3.0)  # the whole event loop stands still, its heartbeats too
+            return await step.do("b", calls.returning("b", "b"))
+
+    def other_worker(instance_id: str) -> None:
+        async def main() -> None:
+            async with Engine(store_url, workflows=[Stalls], lease_seconds=0.5) as other:
+                await (await other.workflow(Stalls).get(instance_id)).wait(timeout=20)
+
+        asyncio.run(main())
+
+    async with Engine(store_url, workflows=[Stalls], lease_seconds=0.5) as engine:
+        inst = await engine.workflow(Stalls).create()
+        other = threading.Thread(target=other_worker, args=(inst.id,))
+        other.start()
+        try:
+            assert (await inst.wait(timeout=20)).output == "b"
+        finally:
+            await asyncio.to_thread(other.join, 30)
+        await until(lambda: not engine.runs_here(inst._pk), "the held-up run to stop")
+    assert calls.log == ["a", "b"]
 
 
 async def test_an_idle_worker_leaves_the_event_loop_asleep(

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import gc
 import sqlite3
+import sys
 import threading
 import time
 import weakref
@@ -19,7 +20,7 @@ import pytest
 import stepstone
 from stepstone import NonRetryableError, StepContext, StepFailed, Workflow, WorkflowEvent, WorkflowStep, replay
 
-from .support import Calls, Gate, StartEngine, awaited, finish, until, wait_for_status
+from .support import Calls, Gate, StartEngine, awaited, finish, until, until_equal, wait_for_status
 
 
 async def run_once(start_engine: StartEngine, workflow: type[Workflow], params: Any = None) -> stepstone.InstanceStatus:
@@ -450,6 +451,71 @@ async def test_steps_in_as_completed_over_coroutines_keep_their_identity_across_
     output = (await run_once(start_engine, Completing)).output
     assert output == [[j, j, j] for j in range(8)] + [99]
     assert sorted(calls.log) == sorted([f"s {j}" for j in range(8)] + [f"t {j}" for j in range(8)] + ["later"])
+
+
+async def test_steps_not_recorded_before_a_crash_get_their_occurrence_numbers_back(start_engine: StartEngine) -> None:
+    # Three branches call "work"; the middle one's is recorded, then the engine goes away
+    # while the others run. Run again, those get the numbers they had (1 and 3), not 3 and
+    # 4: the history has no gap, and restart(from_step=..., count=1) finds the first.
+    seen: list[tuple[int, int]] = []
+    released = asyncio.Event()
+
+    class Fan(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            async def branch(i: int) -> int:
+                async def work(ctx: StepContext) -> int:
+                    seen.append((i, ctx.step.count))
+                    if i != 1:
+                        await released.wait()
+                    return i
+
+                return int(await step.do("work", work))
+
+            return await asyncio.gather(branch(0), branch(1), branch(2))
+
+    first = await start_engine(Fan)
+    inst = await first.workflow(Fan).create()
+    await until(lambda: len(seen) == 3, "the three steps to start")
+    await until_equal(lambda: step_counts(inst), [2], "the middle step to be recorded")
+    await first.close()  # (the runs stop; the instance is handed back)
+    released.set()
+    again = await start_engine(Fan)
+    resumed = await again.workflow(Fan).get(inst.id)
+    assert (await finish(resumed)).output == [0, 1, 2]
+    assert sorted(seen) == [(0, 1), (0, 1), (1, 2), (2, 3), (2, 3)]
+    assert sorted(await step_counts(resumed)) == [1, 2, 3]
+    await resumed.restart(from_step="work", count=1)
+
+
+def lets_go(engine: stepstone.Engine, pk: int) -> bool:
+    return not engine.runs_here(pk)
+
+
+async def step_counts(inst: stepstone.Instance) -> list[int]:
+    return [s.count for s in (await inst.describe()).steps]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="asyncio.eager_task_factory is new in Python 3.12")
+async def test_a_run_suspends_at_its_first_wait_under_an_eager_task_factory(start_engine: StartEngine) -> None:
+    # An eager factory runs a task's coroutine as it is made: the run's own task must not
+    # reach its first wait before the run knows it, or the run never suspends.
+    class Naps(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            if event.payload == "gather":
+                await asyncio.gather(step.sleep("a", "1 hour"), step.sleep("b", "1 hour"))
+            else:
+                await step.sleep("a", "1 hour")
+
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined,unused-ignore]
+    try:
+        engine = await start_engine(Naps)
+        for shape in ("plain", "gather"):
+            inst = await engine.workflow(Naps).create(params=shape)
+            await wait_for_status(inst, "waiting")
+            await until(functools.partial(lets_go, engine, inst._pk), f"the {shape} run to let go of its instance")
+    finally:
+        loop.set_task_factory(None)
 
 
 async def test_branches_calling_one_step_name_after_waits_of_different_lengths_keep_their_steps(
