@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Iterator
+from types import FrameType
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -54,7 +59,8 @@ def create_app(
             await engine.start()
             started_here = True
         try:
-            yield
+            with _streams_end_on_signals(api):
+                yield
         finally:
             api.stopping.set()
             if started_here:
@@ -74,6 +80,39 @@ def create_app(
     )
     app.state.api = api
     return app
+
+
+@contextlib.contextmanager
+def _streams_end_on_signals(api: Api) -> Iterator[None]:
+    """While the app serves, SIGINT and SIGTERM first end the live streams, then do what
+    they did before (a server's handler, such as uvicorn's).
+
+    A server stopping waits for its open connections to close before it ends the app's
+    lifespan ("Waiting for connections to close"), and a stream stays open as long as its
+    client does: an open dashboard would hold the server up. Only in the main thread (the
+    only one that gets signals), and only over a handler written in Python."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    chained: dict[signal.Signals, tuple[Any, Any]] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        before = signal.getsignal(sig)
+        if not callable(before):
+            continue  # (the default action, ignored, or set outside Python: left alone)
+
+        def ending(signum: int, frame: FrameType | None, before: Any = before) -> None:
+            loop.call_soon_threadsafe(api.stopping.set)
+            before(signum, frame)
+
+        signal.signal(sig, ending)
+        chained[sig] = (ending, before)
+    try:
+        yield
+    finally:
+        for sig, (handler, before) in chained.items():
+            if signal.getsignal(sig) is handler:  # (not replaced since: put back what was there)
+                signal.signal(sig, before)
 
 
 def stop_streams(app: Starlette) -> None:

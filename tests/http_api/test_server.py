@@ -20,6 +20,7 @@ import pytest
 from .support import DEADLINE
 
 APP = str(Path(__file__).with_name("app.py"))
+ROOT = Path(__file__).parents[2]
 STEPSTONE = [sys.executable, "-m", "stepstone"]
 TOKEN = "e2e-token-4f9a"
 INSTANCES = "/workflows/greeter/instances"
@@ -90,6 +91,41 @@ def test_serve_answers_over_http_with_a_token_and_stops_on_sigterm_with_a_stream
                 assert time.monotonic() - started < 4
     assert "stopping" in after and "Traceback" not in after
     assert TOKEN not in after
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_the_app_in_uvicorn_of_ones_own_stops_on_a_signal_with_a_stream_open(store_url: str, sig: int) -> None:
+    # uvicorn waits for open connections to close before it ends the app's lifespan: the
+    # app's streams must end on the signal itself, or an open dashboard holds the server up.
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT), "tests.http_api.embedded:api", "--port", str(port)],
+        stderr=subprocess.PIPE, text=True, env={**environment(None), "STEPSTONE_DATABASE_URL": store_url},
+    )  # fmt: skip
+    assert process.stderr is not None
+    try:
+        while "Uvicorn running" not in (line := process.stderr.readline()):
+            assert line, process.stderr.read()
+        with httpx.stream("GET", f"http://127.0.0.1:{port}/workflows/stream", timeout=DEADLINE) as stream:
+            lines = stream.iter_lines()
+            assert (next(lines), next(lines)[:6]) == ("event: workflows", "data: ")  # (the response is under way)
+            started = time.monotonic()
+            process.send_signal(sig)
+            process.wait(timeout=DEADLINE)
+            assert time.monotonic() - started < 4
+        assert "Application shutdown complete" in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        process.stderr.close()
 
 
 def error_free(response: httpx.Response, status: int) -> bool:
