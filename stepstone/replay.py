@@ -57,6 +57,7 @@ from stepstone.store.base import (
     StepRecord,
     StepWrite,
     Store,
+    settle,
 )
 from stepstone.workflow import Event, Workflow, WorkflowEvent
 
@@ -374,6 +375,53 @@ def _event_from_result(text: str) -> Event:
     return Event(data["type"], data["payload"], to_datetime(data["timestamp"]))
 
 
+class LeaseReads:
+    """Reads of runs' leases (Run._still_leased), many in one query: while one query is
+    under way, the reads asked meanwhile wait for the next, as the runs of many timers
+    falling due together would otherwise each make a round trip."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._asked: dict[tuple[int, int], list[asyncio.Future[Status | None]]] = {}
+        self._reading: asyncio.Task[None] | None = None
+
+    async def status(self, pk: int, token: int) -> Status:
+        """The instance's status if `token` still holds its lease; LeaseLostError if not.
+        Read at once, without a turn of the loop, where the store can (SQLite)."""
+        found = self.store.leases_at_once([pk])
+        if found is not None:
+            held = found.get(pk)
+            status = held[1] if held is not None and held[0] == token else None
+        else:
+            loop = asyncio.get_running_loop()
+            answer: asyncio.Future[Status | None] = loop.create_future()
+            self._asked.setdefault((pk, token), []).append(answer)
+            if self._reading is None:
+                self._reading = loop.create_task(self._read(), context=_outside_workflow_code())
+            status = await answer
+        if status is None:
+            raise LeaseLostError(f"instance {pk} is no longer leased with token {token}")
+        return status
+
+    async def _read(self) -> None:
+        try:
+            while self._asked:
+                asked, self._asked = self._asked, {}
+                try:
+                    leases = await self.store.leases(sorted({pk for pk, _ in asked}))
+                except Exception as exc:
+                    for answers in asked.values():
+                        for answer in answers:
+                            settle(answer, None, exc)
+                    continue
+                for (pk, token), answers in asked.items():
+                    held = leases.get(pk)
+                    for answer in answers:
+                        settle(answer, held[1] if held is not None and held[0] == token else None, None)
+        finally:
+            self._reading = None
+
+
 class Run:
     """Executes `run()` once for a claimed instance, recording and suspending as it goes."""
 
@@ -386,8 +434,10 @@ class Run:
         *,
         limits: Limits,
         executor: Executor,
+        lease_reads: LeaseReads | None = None,
     ) -> None:
         self.store = store
+        self.lease_reads = lease_reads or LeaseReads(store)
         self.claim = claim
         self.workflow_class = workflow_class
         self.limits = limits
@@ -875,7 +925,7 @@ class Run:
         though it only waited, so a pause, terminate, restart or delete from another process
         may have come without this worker hearing of it), and once the lease's renewals
         are overdue (lease_doubtful_at)."""
-        status = await self._guard(lambda: self.store.lease_status(self.claim.pk, self.claim.token))
+        status = await self._guard(lambda: self.lease_reads.status(self.claim.pk, self.claim.token))
         if status == "waitingForPause":
             self.pause_requested = True
 

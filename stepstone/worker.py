@@ -19,7 +19,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from stepstone import clock, retention
-from stepstone.replay import HOLD_WAIT, Run
+from stepstone.replay import HOLD_WAIT, LeaseReads, Run
 from stepstone.retention import Retention
 from stepstone.serialization import Limits
 from stepstone.store.base import FIRST_TOKEN, Claim, InstanceRecord, Lease, Status, Store
@@ -89,6 +89,7 @@ class Worker:
         self.workflows = workflows
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
+        self._lease_reads = LeaseReads(store)
         self.limits = limits
         self.executor = executor
         self.on_end = on_end
@@ -354,7 +355,10 @@ class Worker:
             else:
                 history = await self.store.load_steps(claim.pk) if claim.resumed else []
             workflow_class = self.workflows[claim.workflow]
-            active.run = Run(self.store, claim, workflow_class, history, limits=self.limits, executor=self.executor)
+            active.run = Run(
+                self.store, claim, workflow_class, history,
+                limits=self.limits, executor=self.executor, lease_reads=self._lease_reads,
+            )  # fmt: skip
             self._renewed(active, active.lease_until)
             ended = await active.run.execute()
         except asyncio.CancelledError:

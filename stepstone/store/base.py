@@ -356,9 +356,13 @@ class Store(Protocol):
     async def next_event(self, pk: int, type: str) -> EventRecord | None:
         """The first-sent event of `type` not yet taken by a step."""
 
-    async def lease_status(self, pk: int, token: int) -> Status:
-        """The instance's status if `token` still holds its lease (running, or
-        waitingForPause once a pause was asked); LeaseLostError if not. Reads only."""
+    def leases_at_once(self, pks: Sequence[int]) -> dict[int, tuple[int, Status]] | None:
+        """`leases`, read at once on the caller's thread if the store can (a connection of
+        its own at hand, idle), without a turn of the event loop; None if not."""
+
+    async def leases(self, pks: Sequence[int]) -> dict[int, tuple[int, Status]]:
+        """The lease token and status (running, or waitingForPause once a pause was asked)
+        of each of the instances `pks` that is leased; those not leased are left out."""
 
     async def write(self, run: RunWrite) -> Status:
         """Record a run's steps and end, in one commit, if `run.token` still holds the lease.

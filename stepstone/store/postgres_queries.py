@@ -353,8 +353,8 @@ FROM {s}.events e LEFT JOIN {s}.steps s ON s.seq = e.consumed_by
 WHERE e.instance_pk = %s ORDER BY e.seq
 """
 
-LEASED_STATUS = """
-SELECT status FROM {s}.instances WHERE pk = %s AND lease_token = %s AND lease_owner IS NOT NULL
+LEASES = """
+SELECT pk, lease_token, status FROM {s}.instances WHERE pk = ANY(%s) AND lease_owner IS NOT NULL
 """
 
 NEXT_EVENT = """

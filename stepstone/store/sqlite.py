@@ -19,6 +19,7 @@ reports writes to the log (see sqlite_changes), and elsewhere by polling.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sqlite3
 import time
@@ -531,11 +532,16 @@ class SqliteStore:
 
         return await self._read(read)
 
-    async def lease_status(self, pk: int, token: int) -> Status:
-        def read(conn: sqlite3.Connection) -> Status:
-            return _leased_status(conn, pk, token)
+    def leases_at_once(self, pks: Sequence[int]) -> dict[int, tuple[int, Status]] | None:
+        for thread in (self._reader, self._writer):  # (the reader's is the more often idle)
+            if thread is not None:
+                done, found = thread.read_here(functools.partial(_leases, pks=pks))
+                if done:
+                    return found
+        return None
 
-        return await self._read(read)
+    async def leases(self, pks: Sequence[int]) -> dict[int, tuple[int, Status]]:
+        return await self._read(functools.partial(_leases, pks=pks))
 
     async def write(self, run: RunWrite) -> Status:
         kept: list[bool] | None = [] if run.wait_types else None
@@ -687,6 +693,14 @@ def _discard_history(conn: sqlite3.Connection, pk: int, from_step: StepKey | Non
             )
         first = row[0]
     conn.execute("DELETE FROM steps WHERE instance_pk = ? AND seq >= ?", (pk, first))
+
+
+def _leases(conn: sqlite3.Connection, pks: Sequence[int]) -> dict[int, tuple[int, Status]]:
+    rows = conn.execute(
+        f"SELECT pk, lease_token, status FROM instances WHERE pk IN ({_marks(pks)}) AND lease_owner IS NOT NULL",
+        list(pks),
+    )
+    return {pk: (token, status) for pk, token, status in rows}
 
 
 def _leased_status(conn: sqlite3.Connection, pk: int, token: int) -> Status:

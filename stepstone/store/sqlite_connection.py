@@ -158,7 +158,7 @@ class ConnectionThread:
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._conn: sqlite3.Connection | None = None
         self._using = threading.Lock()
-        """Held while the connection runs a batch, by the thread or by the loop (lone writes)."""
+        """Held while the connection runs a batch, by the thread or by the loop (lone writes, read_here)."""
         self._data_version: int | None = None
         """The connection's data_version at the last `others_committed`."""
 
@@ -222,6 +222,24 @@ class ConnectionThread:
             return False
         _settle_all(outcomes)
         return True
+
+    def read_here(self, fn: Callable[[sqlite3.Connection], T]) -> tuple[bool, T | None]:
+        """Run the read `fn` with this connection on the caller's thread, at once, if the
+        connection is idle: (True, what it returned); (False, None), nothing done, if not.
+        A read of a few rows costs less than handing it to a thread and back (under load,
+        that thread may wait a switch interval for the GIL)."""
+        if not self._using.acquire(blocking=False):
+            return False, None
+        try:
+            conn = self._conn
+            if conn is None or not self._jobs.empty() or conn.in_transaction:
+                return False, None
+            try:
+                return True, fn(conn)
+            except sqlite3.OperationalError:
+                return False, None  # (a lock another process holds: the reader waits for it)
+        finally:
+            self._using.release()
 
     def others_committed(self) -> bool | None:
         """Whether another connection committed to the file since the last call; None if it
@@ -289,7 +307,9 @@ class ConnectionThread:
         if jobs is None:
             return False
         if not self._writer:
-            _answer([self._run_read(conn, job) for job in jobs])
+            with self._using:  # (read_here uses the connection too)
+                answers = [self._run_read(conn, job) for job in jobs]
+            _answer(answers)
             return True
         batch = list(jobs)
         go_on = True

@@ -248,16 +248,16 @@ async def test_terminate_and_restart_revoke_the_running_lease(store: Store, op: 
     assert await store.renew_leases("w1", {leased.pk: leased.token}, T0 + 100) == {leased.pk}
 
 
-async def test_lease_status_reads_the_status_while_the_lease_holds(store: Store) -> None:
+async def test_leases_read_the_token_and_status_of_leased_instances(store: Store) -> None:
     leased = await start(store, "x")
-    assert await store.lease_status(leased.pk, leased.token) == "running"
+    await store.create_instances(WF, [("y", "{}")], T0)
+    assert await store.leases([leased.pk, 999]) == {leased.pk: (leased.token, "running")}
+    assert store.leases_at_once([leased.pk, 999]) in (None, {leased.pk: (leased.token, "running")})
     await store.control(WF, "x", "pause", T0 + 1)
-    assert await store.lease_status(leased.pk, leased.token) == "waitingForPause"
-    with pytest.raises(LeaseLostError):
-        await store.lease_status(leased.pk, leased.token + 1)
+    assert await store.leases([leased.pk]) == {leased.pk: (leased.token, "waitingForPause")}
     await store.control(WF, "x", "terminate", T0 + 2)
-    with pytest.raises(LeaseLostError):
-        await store.lease_status(leased.pk, leased.token)
+    assert await store.leases([leased.pk]) == {}
+    assert store.leases_at_once([leased.pk]) in (None, {})
     assert (await store.get_instance(WF, "x")).status == "terminated"  # (a read: nothing changed)
 
 

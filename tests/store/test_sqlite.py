@@ -54,6 +54,24 @@ async def test_a_store_set_to_normal_stays_normal(tmp_path: Path) -> None:
         await store.close()
 
 
+async def test_leases_are_read_at_once_on_the_loop_while_a_connection_is_idle(tmp_path: Path) -> None:
+    # (A run reads its lease when a timer it held fires: at once, without a turn of the loop.)
+    store = SqliteStore(f"sqlite:///{tmp_path / 'leases.db'}")
+    await store.open()
+    try:
+        leased = await start(store, "x")
+        assert store.leases_at_once([leased.pk]) == {leased.pk: (leased.token, "running")}
+        other = sqlite3.connect(str(tmp_path / "leases.db"), isolation_level=None)
+        try:
+            other.execute("UPDATE instances SET lease_token = lease_token + 1")  # another process's commit
+        finally:
+            other.close()
+        assert store.leases_at_once([leased.pk]) == {leased.pk: (leased.token + 1, "running")}
+    finally:
+        await store.close()
+    assert store.leases_at_once([1]) is None  # (closed)
+
+
 def test_a_file_already_in_wal_mode_is_not_converted_again(tmp_path: Path) -> None:
     path = str(tmp_path / "wal.db")
     first = sqlite3.connect(path)
