@@ -152,7 +152,7 @@ def main() -> None:
 @main.command()
 @click.argument("app")
 @app_db_option
-@click.option("--concurrency", type=int, help="Instances run at once by this worker.")
+@click.option("--concurrency", type=int, help="Instances run at once by this worker (default: the app's, 256).")
 def worker(app: str, db: str | None, concurrency: int | None) -> None:
     """Run a worker for APP (module:attribute or path/to/file.py[:attribute])."""
     _run_worker(app, db, concurrency)
@@ -181,11 +181,11 @@ def serve(app: str, db: str | None, host: str, port: int) -> None:
 @main.command()
 @click.argument("app")
 @app_db_option
-@click.option("--concurrency", type=int, help="Instances run at once by this worker.")
+@click.option("--concurrency", type=int, help="Instances run at once by this worker (default: the app's, 256).")
 @_host_option
 @_port_option
 def dev(app: str, db: str | None, concurrency: int | None, host: str, port: int) -> None:
-    """Run APP for development: a worker and the HTTP API in this process (SQLite unless --db says otherwise)."""
+    """Run APP for development: a worker and the HTTP API in this process, on the app's store (or --db's)."""
     _run_api(app, db, host, port, worker=True, concurrency=concurrency)
 
 
