@@ -304,6 +304,8 @@ class Worker:
                         active = self.active.get(pk)
                         if active is None or active.run is None or active.run.ending:
                             continue  # ended meanwhile: it gave its lease up
+                        if active.claim.token != tokens[pk]:
+                            continue  # claimed again by this worker meanwhile: the lease lost was the old one
                         log.warning("lost the lease of instance %r; abandoning its run", active.claim.id)
                         self.revoke(pk)
                     for pk, token in tokens.items():

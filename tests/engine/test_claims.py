@@ -4,6 +4,7 @@ on time for the timers of the instances it released, and not at all while nothin
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import sys
 import threading
@@ -140,6 +141,51 @@ async def test_a_worker_held_up_past_its_lease_does_not_start_a_step_another_wor
             await asyncio.to_thread(other.join, 30)
         await until(lambda: not engine.runs_here(inst._pk), "the held-up run to stop")
     assert calls.log == ["a", "b"]
+
+
+async def test_a_renewal_that_finds_an_old_lease_lost_leaves_the_newer_claim_running(
+    store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A heartbeat sends the run's token; while the renewal is under way the run suspends on
+    # a short sleep and this worker claims the instance again, with a new token. The old
+    # token is then reported lost: that must not abandon the new run (its instance would
+    # sit `running` until the lease lapsed).
+    calls = Calls()
+
+    class Naps(Workflow):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            async def slow() -> str:
+                await asyncio.sleep(0.3)  # a heartbeat (every 0.2 s here) names the run meanwhile
+                return "a"
+
+            await step.do("a", slow)
+            await step.sleep("nap", "0.3 seconds")
+            return await step.do("b", calls.returning("b", "b"))
+
+    async with Engine(store_url, workflows=[Naps], lease_seconds=0.6) as engine:
+        worker = engine._worker
+        assert worker is not None
+        renew = engine.store.renew_leases
+        held_back: list[int] = []
+
+        async def renew_late(worker_id: str, tokens: dict[int, int], lease_until: float) -> set[int]:
+            if not held_back and tokens:
+                pk = next(iter(tokens))
+                held_back.append(pk)
+                await until(functools.partial(claimed_again, worker, pk, tokens[pk]), "a new claim")
+            return await renew(worker_id, tokens, lease_until)
+
+        engine.store.renew_leases = renew_late  # type: ignore[method-assign]
+        inst = await engine.workflow(Naps).create()
+        assert (await inst.wait(timeout=20)).output == "b"
+    assert held_back, "no renewal was held back"
+    assert "lost the lease" not in caplog.text
+    assert calls.log == ["b"]
+
+
+def claimed_again(worker: Any, pk: int, token: int) -> bool:
+    active = worker.active.get(pk)
+    return active is not None and active.claim.token != token
 
 
 async def test_an_idle_worker_leaves_the_event_loop_asleep(
