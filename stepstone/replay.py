@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import json
 import logging
 import math
@@ -102,6 +103,8 @@ class _Block:
     """The wait was recorded by an earlier run: this run is its resumption."""
     queued: bool = False
     """`write` is on its way to the store while the run goes on (Run._record_waits_soon)."""
+    lease_read: bool = False
+    """The run's lease was read when its timer fired (Run._read_lease_then_wake)."""
     wakeup: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     task: asyncio.Task[Any] | None = field(default_factory=asyncio.current_task)
     """The task that waits (a run's task, or one it started)."""
@@ -323,21 +326,25 @@ def _wake(wakeup: asyncio.Future[None]) -> None:
         wakeup.set_result(None)
 
 
+def _wake_block(block: _Block) -> None:
+    _wake(block.wakeup)
+
+
 class _Alarm:
-    """Wakes a blocked branch at `wake_at` (epoch seconds): in legs, each timed again from
-    the clock, so that it fires on time after a long idle (clock.first_leg)."""
+    """Calls `fire` (which wakes a blocked branch) at `wake_at` (epoch seconds): in legs, each
+    timed again from the clock, so that it fires on time after a long idle (clock.first_leg)."""
 
-    __slots__ = ("_handle", "_wake_at", "_wakeup")
+    __slots__ = ("_fire", "_handle", "_wake_at")
 
-    def __init__(self, wake_at: float, wakeup: asyncio.Future[None]) -> None:
+    def __init__(self, wake_at: float, fire: Callable[[], None]) -> None:
         self._wake_at = wake_at
-        self._wakeup: asyncio.Future[None] | None = wakeup
+        self._fire: Callable[[], None] | None = fire
         self._handle: asyncio.TimerHandle
         self._arm()
 
     def _arm(self) -> None:
-        wakeup = self._wakeup
-        if wakeup is None:  # (cancelled)
+        fire = self._fire
+        if fire is None:  # (cancelled)
             return
         delay = max(0.0, self._wake_at - clock.now())
         leg = clock.first_leg(delay)
@@ -345,13 +352,13 @@ class _Alarm:
         if leg < delay:
             self._handle = loop.call_later(leg, self._arm)
         else:
-            self._handle = loop.call_later(delay, _wake, wakeup)
+            self._handle = loop.call_later(delay, fire)
 
     def cancel(self) -> None:
-        """Never fire; and let go of the wakeup (the frame awaiting it holds this: no
-        reference cycle through it)."""
+        """Never fire; and let go of what it would call (the frame awaiting the wakeup holds
+        this: no reference cycle through it)."""
         self._handle.cancel()
-        self._wakeup = None
+        self._fire = None
 
 
 def _error_of(exc: BaseException) -> tuple[str, str]:
@@ -382,23 +389,27 @@ class LeaseReads:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._asked: dict[tuple[int, int], list[asyncio.Future[Status | None]]] = {}
+        self._asked: dict[tuple[int, int], list[Callable[[Status | None, BaseException | None], None]]] = {}
         self._reading: asyncio.Task[None] | None = None
 
-    async def status(self, pk: int, token: int) -> Status:
-        """The instance's status if `token` still holds its lease; LeaseLostError if not.
-        Read at once, without a turn of the loop, where the store can (SQLite)."""
+    def ask(self, pk: int, token: int, answer: Callable[[Status | None, BaseException | None], None]) -> None:
+        """Read the lease of instance `pk`: `answer(status, None)` with its status if `token`
+        still holds it, else None; `answer(None, error)` if the store failed. At once, without
+        a turn of the loop, where the store can (SQLite); else with the next query."""
         found = self.store.leases_at_once([pk])
         if found is not None:
             held = found.get(pk)
-            status = held[1] if held is not None and held[0] == token else None
-        else:
-            loop = asyncio.get_running_loop()
-            answer: asyncio.Future[Status | None] = loop.create_future()
-            self._asked.setdefault((pk, token), []).append(answer)
-            if self._reading is None:
-                self._reading = loop.create_task(self._read(), context=_outside_workflow_code())
-            status = await answer
+            answer(held[1] if held is not None and held[0] == token else None, None)
+            return
+        self._asked.setdefault((pk, token), []).append(answer)
+        if self._reading is None:
+            self._reading = asyncio.get_running_loop().create_task(self._read(), context=_outside_workflow_code())
+
+    async def status(self, pk: int, token: int) -> Status:
+        """The instance's status if `token` still holds its lease; LeaseLostError if not."""
+        answered: asyncio.Future[Status | None] = asyncio.get_running_loop().create_future()
+        self.ask(pk, token, functools.partial(settle, answered))
+        status = await answered
         if status is None:
             raise LeaseLostError(f"instance {pk} is no longer leased with token {token}")
         return status
@@ -412,12 +423,12 @@ class LeaseReads:
                 except Exception as exc:
                     for answers in asked.values():
                         for answer in answers:
-                            settle(answer, None, exc)
+                            answer(None, exc)
                     continue
                 for (pk, token), answers in asked.items():
                     held = leases.get(pk)
                     for answer in answers:
-                        settle(answer, held[1] if held is not None and held[0] == token else None, None)
+                        answer(held[1] if held is not None and held[0] == token else None, None)
         finally:
             self._reading = None
 
@@ -905,7 +916,12 @@ class Run:
         self.blocked[key] = block
         self._look_delay = _LOOK_AGAIN_FIRST
         self._maybe_suspend()
-        timer = None if wake_at is None else _Alarm(wake_at, block.wakeup)
+        timer = None
+        if wake_at is not None:
+            # A recorded wait held in-process: the timer's callback reads the lease first. (Not
+            # kept in a local: it holds the block, which holds this task; the frame, on a
+            # cancellation's traceback that the task keeps, would make a reference cycle.)
+            timer = _Alarm(wake_at, functools.partial(self._read_lease_then_wake if recorded else _wake_block, block))
         try:
             await block.wakeup  # woken (a timer, a poke), or cancelled: the run suspends
         finally:
@@ -913,10 +929,28 @@ class Run:
                 timer.cancel()
             self.blocked.pop(key, None)
             _read_outcome(block.wakeup)
+            lease_read = block.lease_read
             del block
-        if recorded and wake_at is not None:
+        if recorded and wake_at is not None and not lease_read:  # (woken otherwise: an event, a failed read)
             await self._still_leased()
         self._maybe_suspend()  # the other branches may wait long: suspend if this one ends here
+
+    def _read_lease_then_wake(self, block: _Block) -> None:
+        """The timer of a recorded wait held in-process fired: read the lease (_still_leased)
+        from the timer's callback, and wake the branch with the answer (once, not once for
+        the timer and again for the read)."""
+
+        def answer(status: Status | None, error: BaseException | None) -> None:
+            if error is None:
+                block.lease_read = True
+                if status is None:
+                    self.stop()  # (the branch is cancelled with the run)
+                    return
+                if status == "waitingForPause":
+                    self.pause_requested = True
+            _wake(block.wakeup)
+
+        self.lease_reads.ask(self.claim.pk, self.claim.token, answer)
 
     async def _still_leased(self) -> None:
         """Read the lease before a step starts: stop if it is gone, pause if asked. Called

@@ -191,7 +191,7 @@ async def test_a_timer_of_a_run_is_armed_for_its_first_leg_and_fires_at_its_time
     loop = asyncio.get_running_loop()
     wakeup: asyncio.Future[None] = loop.create_future()
     due = clock.now() + 0.3
-    alarm = replay._Alarm(due, wakeup)
+    alarm = replay._Alarm(due, functools.partial(replay._wake, wakeup))
     try:
         first = alarm._handle.when() - loop.time()
         assert 0.3 - clock.EARLY - 0.05 < first < 0.3 - clock.EARLY + 0.001  # armed early, to look again
@@ -203,7 +203,7 @@ async def test_a_timer_of_a_run_is_armed_for_its_first_leg_and_fires_at_its_time
 
 async def test_a_cancelled_timer_of_a_run_never_fires() -> None:
     wakeup: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    alarm = replay._Alarm(clock.now() + 0.05, wakeup)
+    alarm = replay._Alarm(clock.now() + 0.05, functools.partial(replay._wake, wakeup))
     alarm.cancel()
     await asyncio.sleep(0.15)
     assert not wakeup.done()
