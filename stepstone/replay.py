@@ -733,6 +733,7 @@ class Run:
             output_json=output_json,
             error_json=self.error_json,
             wait_types=wait_types or [],
+            instance=(self.claim.workflow, self.claim.id),
         )
         try:
             return await self.store.write(write)
@@ -811,7 +812,13 @@ class Run:
 
     async def _commit(self, steps: list[StepWrite]) -> None:
         """Record steps now, under the lease; stop the run if the lease is gone."""
-        write = RunWrite(self.claim.pk, self.claim.token, clock.now(), self._placed(self._take_pending() + steps))
+        write = RunWrite(
+            self.claim.pk,
+            self.claim.token,
+            clock.now(),
+            self._placed(self._take_pending() + steps),
+            instance=(self.claim.workflow, self.claim.id),
+        )
         takes = any(step.consume_event is not None for step in write.steps)
         if takes:
             self._taking += 1

@@ -246,6 +246,10 @@ class RunWrite:
     error_json: str | None = None
     wait_types: list[str] = field(default_factory=list)
     """Event types the run waits for; if one is already kept, `wake_at` becomes now."""
+    instance: tuple[str, str] | None = None
+    """(workflow, id) of the instance: where a store that writes for several instances in
+    one transaction (group commit) puts this write, so that every process locks
+    instances in one order (no deadlock between two processes' batches)."""
 
 
 class Store(Protocol):

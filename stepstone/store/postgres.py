@@ -328,10 +328,12 @@ class PostgresStore:
         durable: bool = True,
         single: bool = False,
         rerunnable: bool = True,
+        lock: tuple[str, str] | None = None,
+        lone: bool = False,
     ) -> asyncio.Future[T]:
         if self._writer is None:
             raise StoreClosedError
-        return self._writer.submit(run, durable=durable, single=single, rerunnable=rerunnable)
+        return self._writer.submit(run, durable=durable, single=single, rerunnable=rerunnable, lock=lock, lone=lone)
 
     async def _fetch(self, template: str, params: Sequence[Any] | Mapping[str, Any]) -> list[TupleRow]:
         """Rows of one read; once more on another connection if the first one was broken."""
@@ -519,7 +521,7 @@ class PostgresStore:
             return await change(tx, pk, status, paused_status)
 
         try:
-            return await self._write(locked)
+            return await self._write(locked, lock=(workflow, instance_id))
         except Exception:
             if claimable:
                 with contextlib.suppress(Exception):
@@ -545,7 +547,7 @@ class PostgresStore:
             if (await cursor.fetchone() or (0,))[0] == 0:
                 raise _not_found(workflow, instance_id)
 
-        await self._write(delete)
+        await self._write(delete, lock=(workflow, instance_id))
 
     async def prune(self, workflows: Sequence[str], status: str, ended_before: float, limit: int) -> int:
         names = list(workflows)
@@ -557,7 +559,7 @@ class PostgresStore:
             cursor = await tx.conn.execute(self._sql(queries.PRUNE), args)
             return len(await cursor.fetchall())
 
-        return await self._write(prune)
+        return await self._write(prune, lone=True)
 
     # -- workers --------------------------------------------------------------------------
 
@@ -607,7 +609,7 @@ class PostgresStore:
         # costs one round trip and a commit that writes nothing, as that read would. Not
         # durable: a claim lost in a crash leaves the instance claimable again, and the
         # run's first write flushes the WAL, the claim's record with it.
-        return await self._write(claim, durable=False)
+        return await self._write(claim, durable=False, lone=True)
 
     async def load_steps(self, pk: int) -> list[StepRecord]:
         return [_step(row) for row in await self._fetch(queries.LOAD_STEPS, (pk,))]
@@ -628,7 +630,7 @@ class PostgresStore:
         # so is an end that records no step and wakes no other worker (END_FINISHED, END_RUN).
         single = len(run.steps) == 1 if run.end is None else not run.steps and run.end not in _ENDS_THAT_WAKE
         try:
-            return await self._write(lambda tx: self._write_run(tx, run), single=single)
+            return await self._write(lambda tx: self._write_run(tx, run), single=single, lock=run.instance)
         except psycopg.Error as exc:
             if exc.sqlstate == _WRITE_REFUSED:
                 raise LeaseLostError(f"write refused: {exc.diag.message_primary} (token {run.token})") from exc
@@ -682,7 +684,7 @@ class PostgresStore:
             cursor = await tx.conn.execute(self._sql(queries.RENEW_LEASES), args)
             return set(tokens) - {row[0] for row in await cursor.fetchall()}
 
-        return await self._write(renew)
+        return await self._write(renew, lone=True)
 
     async def worker_seen(self, worker_id: str, host: str, pid: int, now: float) -> None:
         async def seen(tx: Tx) -> None:
@@ -709,7 +711,7 @@ class PostgresStore:
                 tx.wake_workers()
             return freed
 
-        return await self._write(expire)
+        return await self._write(expire, lone=True)
 
     async def forget_worker(self, worker_id: str) -> None:
         async def forget(tx: Tx) -> None:

@@ -98,6 +98,8 @@ class _Job:
     durable: bool = True
     single: bool = False
     rerunnable: bool = True
+    lock: tuple[str, str] | None = None
+    lone: bool = False
     tries: int = 0
 
 
@@ -122,6 +124,10 @@ def _add(batch: list[_Job], job: _Job | None) -> bool:
         return True
     batch.append(job)
     return False
+
+
+def _lock_order(job: _Job) -> tuple[bool, str, str]:
+    return (False, "", "") if job.lock is None else (True, *job.lock)
 
 
 def _writer_stopped() -> StoreClosedError:
@@ -157,6 +163,8 @@ class GroupCommit:
         durable: bool = True,
         single: bool = False,
         rerunnable: bool = True,
+        lock: tuple[str, str] | None = None,
+        lone: bool = False,
     ) -> asyncio.Future[T]:
         """Queue a job. `durable=False`: its loss in a crash is harmless (a claim), so a batch
         of such jobs alone commits without waiting for the WAL flush; the next durable commit
@@ -164,8 +172,15 @@ class GroupCommit:
         statement and wakes nobody, so alone in a batch it runs as that statement's own
         transaction, outside pipeline mode (a run's step, the hot path). If the connection
         breaks meanwhile, it runs again on another when `rerunnable` (applying it twice
-        records the same thing); otherwise its caller gets the error, the outcome unknown."""
-        job = _Job(run, asyncio.get_running_loop().create_future(), durable, single, rerunnable)
+        records the same thing); otherwise its caller gets the error, the outcome unknown.
+        `lock`: the (workflow, id) of the instance whose row the job locks; a batch runs
+        such jobs in that order, after the others, so that two processes' batches, each
+        one transaction, never wait for each other's locks in a cycle (PostgreSQL finds a
+        deadlock only after deadlock_timeout, a second by default). `lone`: the job locks
+        several instances' rows itself (a claim, renewals, a prune), so it commits in a batch
+        of its own: held to the end of a shared batch, its locks would come before the
+        others' in no order."""
+        job = _Job(run, asyncio.get_running_loop().create_future(), durable, single, rerunnable, lock, lone)
         if self._closed:
             job.future.set_exception(_writer_stopped())
         else:
@@ -205,10 +220,20 @@ class GroupCommit:
                 stopping = _add(batch, self._queue.get_nowait())
             if not batch:
                 return
-            retry = await self._answer(batch)
+            retry = await self._answer_apart(batch)
+
+    async def _answer_apart(self, batch: list[_Job]) -> list[_Job]:
+        """`_answer` the batch, its lone jobs each in a batch of its own."""
+        retry: list[_Job] = []
+        if len(batch) > 1 and any(job.lone for job in batch):
+            for job in [job for job in batch if job.lone]:
+                retry += await self._answer([job])
+            batch = [job for job in batch if not job.lone]
+        return retry + (await self._answer(batch) if batch else [])
 
     async def _answer(self, batch: list[_Job]) -> list[_Job]:
         """Commit the batch and answer its jobs; the jobs to try again in the next batch."""
+        batch.sort(key=_lock_order)  # (stable: one instance's jobs keep the order they came in)
         try:
             outcomes, retry = await self._commit(batch)
         except BaseException as exc:

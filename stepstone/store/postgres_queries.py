@@ -319,9 +319,14 @@ SELECT coalesce((SELECT status FROM ended), {_REFUSE_LOST})
 """
 
 RENEW_LEASES = """
-UPDATE {s}.instances i SET lease_expires = %(lease_until)s
-FROM unnest(%(pks)s::bigint[], %(tokens)s::bigint[]) AS held (pk, token)
-WHERE i.pk = held.pk AND i.lease_token = held.token AND i.lease_owner = %(worker)s
+WITH locked AS (
+    SELECT i.pk FROM {s}.instances i
+    JOIN unnest(%(pks)s::bigint[], %(tokens)s::bigint[]) AS held (pk, token)
+        ON i.pk = held.pk AND i.lease_token = held.token
+    WHERE i.lease_owner = %(worker)s
+    ORDER BY i.workflow, i.id FOR UPDATE OF i
+)
+UPDATE {s}.instances i SET lease_expires = %(lease_until)s FROM locked WHERE i.pk = locked.pk
 RETURNING i.pk
 """
 

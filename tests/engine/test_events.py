@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import random
+import subprocess
+import sys
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -438,3 +442,78 @@ async def test_workflow_event_carries_params_creation_time_instance_id_and_workf
     assert (event.payload, event.instance_id, event.workflow_name) == ({"topic": "tides"}, "order-1", "introspect")
     assert event.timestamp.utcoffset() == timedelta(0)
     assert before - 0.01 <= event.timestamp.timestamp() <= after + 0.01
+
+
+TWO_WAITS_APP = """
+from stepstone import Engine, Workflow
+
+
+class TwoWaits(Workflow):
+    name = "two-waits"
+
+    async def run(self, event, step):
+        first = await step.wait_for_event("first", type="e", timeout="1 minute")
+        await step.do("between", lambda: None)
+        second = await step.wait_for_event("second", type="e", timeout="1 minute")
+        return [first.payload, second.payload]
+
+
+engine = Engine(workflows=[TwoWaits])
+"""
+
+
+async def test_events_sent_at_once_from_another_process_to_many_instances_meet_no_deadlock(
+    start_engine: StartEngine, store_url: str, tmp_path: Path
+) -> None:
+    # The worker and the sender each commit the writes of many instances together (group
+    # commit), each batch one transaction: if they locked the instances' rows in different
+    # orders, PostgreSQL would break a deadlock after a second, stalling both writers.
+    app = tmp_path / "two_waits.py"
+    app.write_text(TWO_WAITS_APP)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "stepstone", "worker", str(app), "--db", store_url],
+        stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert worker.stderr is not None
+    try:
+        assert "ready" in worker.stderr.readline()
+        client = await start_engine(worker=False)
+        handle = client.workflow("two-waits")
+        created = await handle.create_batch([{} for _ in range(150)])
+        await until_equal(lambda: waiting(client), 150, "every instance to wait", timeout=60)
+        before = await deadlocks(store_url)
+        rng = random.Random(7)
+
+        async def send_two(inst: stepstone.Instance) -> None:  # (sends and the worker's writes interleave)
+            await asyncio.sleep(rng.uniform(0, 0.08))
+            await inst.send_event("e", 1)
+            await asyncio.sleep(rng.uniform(0, 0.05))
+            await inst.send_event("e", 2)
+
+        await asyncio.gather(*(send_two(inst) for inst in created))
+        finals = await asyncio.gather(*(inst.wait(timeout=60) for inst in created))
+        assert [final.output for final in finals] == [[1, 2]] * 150
+        await asyncio.sleep(1.0)  # (PostgreSQL publishes its statistics within a second)
+        assert await deadlocks(store_url) == before
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        worker.stderr.close()
+
+
+async def waiting(engine: stepstone.Engine) -> int:
+    return (await engine.store.status_counts("two-waits")).get("waiting", 0)
+
+
+async def deadlocks(store_url: str) -> int:
+    """Deadlocks PostgreSQL has broken in the test's database (0 on SQLite, which has none)."""
+    if not store_url.startswith("postgresql"):
+        return 0
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(store_url, autocommit=True) as conn:
+        # (the statistics are a snapshot per transaction: a fresh connection sees them now)
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        cursor = await conn.execute("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+        row = await cursor.fetchone()
+        return int(row[0]) if row else 0
