@@ -382,6 +382,12 @@ def _event_from_result(text: str) -> Event:
     return Event(data["type"], data["payload"], to_datetime(data["timestamp"]))
 
 
+def _held(leases: dict[int, tuple[int, Status]], pk: int, token: int) -> Status | None:
+    """The status of instance `pk` in `leases` (store.leases) if `token` holds its lease."""
+    held = leases.get(pk)
+    return held[1] if held is not None and held[0] == token else None
+
+
 class LeaseReads:
     """Reads of runs' leases (Run._still_leased), many in one query: while one query is
     under way, the reads asked meanwhile wait for the next, as the runs of many timers
@@ -398,8 +404,7 @@ class LeaseReads:
         a turn of the loop, where the store can (SQLite); else with the next query."""
         found = self.store.leases_at_once([pk])
         if found is not None:
-            held = found.get(pk)
-            answer(held[1] if held is not None and held[0] == token else None, None)
+            answer(_held(found, pk, token), None)
             return
         self._asked.setdefault((pk, token), []).append(answer)
         if self._reading is None:
@@ -426,9 +431,8 @@ class LeaseReads:
                             answer(None, exc)
                     continue
                 for (pk, token), answers in asked.items():
-                    held = leases.get(pk)
                     for answer in answers:
-                        answer(held[1] if held is not None and held[0] == token else None, None)
+                        answer(_held(leases, pk, token), None)
         finally:
             self._reading = None
 

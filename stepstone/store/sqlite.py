@@ -703,23 +703,18 @@ def _leases(conn: sqlite3.Connection, pks: Sequence[int]) -> dict[int, tuple[int
     return {pk: (token, status) for pk, token, status in rows}
 
 
-def _leased_status(conn: sqlite3.Connection, pk: int, token: int) -> Status:
-    """The instance's status if `token` holds its lease; LeaseLostError if not."""
-    # The token names this lease; a lease given up (the run ended, a pause took effect) has no owner.
-    row = conn.execute(
-        "SELECT status FROM instances WHERE pk = ? AND lease_token = ? AND lease_owner IS NOT NULL", (pk, token)
-    ).fetchone()
-    if row is None:
-        raise LeaseLostError(f"instance {pk} is no longer leased with token {token}")
-    status: Status = row[0]
-    return status
-
-
 def _write_run(conn: sqlite3.Connection, run: RunWrite, kept: list[bool] | None = None) -> Status:
     """Record the run's write (the lease checked first); its status after. If the run stops
     to wait for events of which one is kept already, it is due at once, and `kept` says so."""
+    # The token names this lease; a lease given up (the run ended, a pause took effect) has no owner.
     # The write lock is held (BEGIN IMMEDIATE), so reading the fence is enough.
-    status = _leased_status(conn, run.pk, run.token)
+    row = conn.execute(
+        "SELECT status FROM instances WHERE pk = ? AND lease_token = ? AND lease_owner IS NOT NULL",
+        (run.pk, run.token),
+    ).fetchone()
+    if row is None:
+        raise LeaseLostError(f"instance {run.pk} is no longer leased with token {run.token}")
+    status: Status = row[0]
     touch = not run.steps
     for step in run.steps:
         seq, added = _record_step(conn, run.pk, step, run.now)

@@ -126,6 +126,16 @@ def _alone(loop: asyncio.AbstractEventLoop) -> bool:
     return ready is not None and not ready
 
 
+def _data_version(conn: sqlite3.Connection) -> int:
+    conn.execute("BEGIN IMMEDIATE")  # the writer's busy timeout is 0: refused at once if taken
+    try:
+        # Moves with every commit but this connection's own: sqlite.org/pragma.html#pragma_data_version
+        version: int = conn.execute("PRAGMA data_version").fetchone()[0]
+    finally:
+        conn.execute("ROLLBACK")
+    return version
+
+
 class ConnectionThread:
     """A thread owning one connection; runs submitted functions against it in order.
 
@@ -236,8 +246,8 @@ class ConnectionThread:
                 return False, None
             try:
                 return True, fn(conn)
-            except sqlite3.OperationalError:
-                return False, None  # (a lock another process holds: the reader waits for it)
+            except sqlite3.Error:
+                return False, None  # (a lock another process holds: the thread waits for it, or reports)
         finally:
             self._using.release()
 
@@ -245,25 +255,9 @@ class ConnectionThread:
         """Whether another connection committed to the file since the last call; None if it
         cannot tell yet: this connection is busy, or another holds the write lock (it may be
         in the middle of a commit). Runs on the caller's thread, at once."""
-        if not self._using.acquire(blocking=False):
+        done, version = self.read_here(_data_version)
+        if not done:
             return None
-        try:
-            conn = self._conn
-            if conn is None or not self._jobs.empty():
-                return None
-            try:
-                conn.execute("BEGIN IMMEDIATE")  # the writer's busy timeout is 0: refused at once if taken
-            except sqlite3.OperationalError:
-                return None
-            try:
-                # Moves with every commit but this connection's own: sqlite.org/pragma.html#pragma_data_version
-                version: int = conn.execute("PRAGMA data_version").fetchone()[0]
-            finally:
-                conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            return None
-        finally:
-            self._using.release()
         changed = version != self._data_version
         self._data_version = version
         return changed
